@@ -1,0 +1,63 @@
+"""One experiment: build data -> train -> evaluate on dev -> record in MLflow.
+
+Runs as a subflow of the controller on the embedded default, or as the `experiment`
+deployment on a GPU work pool. Every outcome, failure included, ends as an ExperimentResult
+in MLflow, so nothing is lost if the controller dies meanwhile.
+"""
+
+from __future__ import annotations
+
+import time
+import traceback
+
+from prefect import flow, get_run_logger
+from prefect.runtime import flow_run
+
+from mlintern.schemas import ExperimentPlan, ExperimentResult, Goal
+from mlintern.settings import get_settings
+from mlintern.tracking import ensure_experiment, finish_experiment_run, init_tracking, start_experiment_run
+from mlintern.training.failures import classify
+from mlintern.training.job import TrainJob
+from tasks.data import build_data
+from tasks.evaluate import evaluate
+from tasks.setup import prepare
+from tasks.train import train
+
+
+@flow(name="experiment", log_prints=True, validate_parameters=True)
+def experiment(
+    goal: Goal, plan: ExperimentPlan, init_model: str, timeout_s: float | None = None
+) -> ExperimentResult:
+    logger = get_run_logger()
+    settings = get_settings()
+    tracking_uri = init_tracking()
+    experiment_id = ensure_experiment(goal)
+    plan_id = plan.plan_id()
+    run_id = start_experiment_run(experiment_id, goal, plan, flow_run.get_id())
+    out_dir = settings.work_dir.resolve() / "runs" / goal.goal_id() / plan_id
+    result = ExperimentResult(plan_id=plan_id, plan=plan, status="failed", mlflow_run_id=run_id)
+    try:
+        bench = prepare(goal.benchmark)
+        built = build_data(plan, bench, settings.work_dir.resolve(), run_id)
+        result.decontaminated = built.removed_contaminated
+        job = TrainJob(plan=plan, model_path=init_model, data_path=built.path, output_dir=str(out_dir),
+                       device=goal.device, seed=goal.seed, benchmark_kind=goal.benchmark.kind,
+                       benchmark_metric=bench.metric)
+        outcome = train(job, run_id, tracking_uri, timeout_s or settings.train_timeout_s)
+        result.train_seconds = outcome.train_seconds
+        result.train_loss = outcome.final_loss
+        result.failure = outcome.failure
+        if outcome.status == "succeeded":
+            start = time.time()
+            result.dev = evaluate(outcome.model_dir, bench, "dev", goal.device)
+            result.eval_seconds = time.time() - start
+            result.model_path = outcome.model_dir
+            result.status = "succeeded"
+    except Exception as exc:  # bad data, a dead evaluation: recorded, never fatal to the loop
+        logger.error("experiment %s failed: %s", plan_id, exc)
+        result.failure = classify(exc, traceback.format_exc())
+    result.accelerator_hours = (result.train_seconds + result.eval_seconds) / 3600
+    finish_experiment_run(run_id, result)
+    if result.status == "succeeded":
+        logger.info("plan %s: dev %s = %.4f", plan_id, result.dev.metric, result.dev.value)
+    return result

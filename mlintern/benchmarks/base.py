@@ -1,0 +1,50 @@
+from __future__ import annotations
+
+import hashlib
+from pathlib import Path
+
+from pydantic import BaseModel, Field
+
+from mlintern.schemas import BenchmarkSpec
+
+
+class PreparedBenchmark(BaseModel):
+    """A benchmark made concrete: lm-eval task names for dev and test, and their data files.
+
+    `eval_files` are hashed for the integrity check and used for decontamination; the planner
+    and the training code never read the test file.
+    """
+
+    spec: BenchmarkSpec
+    include_path: str | None = Field(None, description="Folder of lm-eval task YAMLs, or None for built-ins.")
+    dev_task: str
+    test_task: str
+    metric: str
+    dev_file: str | None = None
+    test_file: str | None = None
+    prompt_suffix: str = ""
+
+    def eval_files(self) -> list[Path]:
+        return [Path(p) for p in (self.dev_file, self.test_file) if p]
+
+    def fingerprint(self) -> str:
+        """Hash of the evaluation data and task definitions (checked before the final report)."""
+        h = hashlib.sha256()
+        files = list(self.eval_files())
+        if self.include_path:
+            files += sorted(Path(self.include_path).glob("*.yaml")) + sorted(Path(self.include_path).glob("*.py"))
+        for f in sorted(set(files)):
+            h.update(f.name.encode())
+            h.update(f.read_bytes())
+        h.update(self.dev_task.encode() + self.test_task.encode())
+        return h.hexdigest()
+
+
+def prepare_benchmark(spec: BenchmarkSpec, work_dir: Path) -> PreparedBenchmark:
+    if spec.kind == "reasoning_gym":
+        from mlintern.benchmarks.rgym import prepare
+
+        return prepare(spec, work_dir)
+    from mlintern.benchmarks.lmeval_tasks import prepare
+
+    return prepare(spec, work_dir)

@@ -1,0 +1,86 @@
+"""`ml-intern` command line: run the research loop, print or validate a goal."""
+
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+from pydantic import ValidationError
+from rich.console import Console
+
+from mlintern.settings import apply_env_defaults
+
+app = typer.Typer(add_completion=False, help="ml-intern: an autonomous post-training research agent.")
+console = Console(stderr=True)
+
+
+def load_goal(goal_file: Optional[Path], overrides: dict) -> "Goal":
+    from mlintern.schemas import Goal
+
+    data = json.loads(goal_file.read_text()) if goal_file else {}
+    for dotted, value in overrides.items():
+        if value is None:
+            continue
+        node = data
+        *parents, leaf = dotted.split(".")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    try:
+        return Goal.model_validate(data)
+    except ValidationError as exc:
+        lines = [f"  {'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()]
+        console.print("[red]Invalid goal; nothing was run:[/red]\n" + "\n".join(lines))
+        raise typer.Exit(2)
+
+
+@app.command()
+def run(
+    goal_file: Optional[Path] = typer.Option(None, "--goal", help="Goal JSON file (see `ml-intern goal`)."),
+    name: Optional[str] = typer.Option(None, help="Goal name (MLflow experiment and registry name)."),
+    base_model: Optional[str] = typer.Option(None, help="Hub id, local folder, or builtin:smollm2-135m-instruct."),
+    benchmark: Optional[str] = typer.Option(None, help="reasoning-gym task, or lm-eval task with --benchmark-kind lm_eval."),
+    benchmark_kind: Optional[str] = typer.Option(None, help="reasoning_gym | lm_eval"),
+    max_experiments: Optional[int] = typer.Option(None, help="Experiment budget."),
+    gpu_hours: Optional[float] = typer.Option(None, help="Accelerator-hour budget."),
+    llm_dollars: Optional[float] = typer.Option(None, help="LLM spend budget in USD."),
+    wall_minutes: Optional[float] = typer.Option(None, help="Wall-clock budget in minutes."),
+    target: Optional[float] = typer.Option(None, help="Stop when the champion's dev score reaches this."),
+    planner: Optional[str] = typer.Option(None, help="auto | llm | search | random"),
+    llm_model: Optional[str] = typer.Option(None, help="litellm model name, e.g. openai/gpt-4o-mini."),
+    llm_api_base: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible server."),
+    no_literature: bool = typer.Option(False, "--no-literature", help="Skip the arXiv search."),
+) -> None:
+    """Run the research loop until the target is met or the budget is spent."""
+    apply_env_defaults()
+    goal = load_goal(goal_file, {
+        "name": name, "base_model": base_model, "benchmark.name": benchmark,
+        "benchmark.kind": benchmark_kind, "budget.max_experiments": max_experiments,
+        "budget.gpu_hours": gpu_hours, "budget.llm_dollars": llm_dollars,
+        "budget.wall_time_minutes": wall_minutes, "target_score": target, "planner": planner,
+        "llm_model": llm_model, "llm_api_base": llm_api_base,
+        "use_literature": False if no_literature else None,
+    })
+    from flows.research_loop import research_loop
+
+    report = research_loop(goal)
+    base, champ = report.baseline_test, report.champion_test or report.baseline_test
+    console.print(f"\n[bold]held-out test ({report.baseline_dev.metric}):[/bold] "
+                  f"base {base.value:.4f} -> champion {champ.value:.4f} "
+                  f"({'champion ' + report.champion_plan_id if report.champion_plan_id else 'base kept'})")
+
+
+@app.command()
+def goal(goal_file: Optional[Path] = typer.Argument(None, help="Validate this goal file instead.")) -> None:
+    """Print the default goal as JSON (a template), or validate a goal file."""
+    from mlintern.schemas import Goal
+
+    g = load_goal(goal_file, {}) if goal_file else Goal()
+    sys.stdout.write(g.model_dump_json(indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    app()

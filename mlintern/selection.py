@@ -1,0 +1,19 @@
+"""Honest selection: promote a candidate only when it beats the champion beyond eval noise."""
+
+from __future__ import annotations
+
+import math
+
+from mlintern.schemas import EvalScore
+
+
+def noise_margin(candidate: EvalScore, champion: EvalScore, z: float) -> float:
+    se_c = candidate.stderr or 0.0
+    se_h = champion.stderr or 0.0
+    return z * math.sqrt(se_c**2 + se_h**2)
+
+
+def beats(candidate: EvalScore, champion: EvalScore, z: float) -> bool:
+    """True when candidate - champion > z * combined standard error (and strictly positive)."""
+    delta = candidate.value - champion.value
+    return delta > 0 and delta > noise_margin(candidate, champion, z)

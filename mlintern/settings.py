@@ -1,0 +1,62 @@
+"""Process-wide settings from the environment (prefix INTERN_), never from a plan or goal.
+
+Secrets live here as SecretStr so that they print as '**********' in logs and reprs.
+"""
+
+from __future__ import annotations
+
+import os
+from functools import lru_cache
+from pathlib import Path
+
+from pydantic import SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+# Quiet, offline-safe defaults (see shared/FIELD_NOTES.md); a user may override each.
+_ENV_DEFAULTS = {
+    "LITELLM_LOCAL_MODEL_COST_MAP": "True",
+    "DO_NOT_TRACK": "true",
+    "MLFLOW_DISABLE_TELEMETRY": "true",
+    "PREFECT_SERVER_ANALYTICS_ENABLED": "false",
+    "PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS": "90",
+    "TOKENIZERS_PARALLELISM": "false",
+    "TRANSFORMERS_NO_ADVISORY_WARNINGS": "1",
+}
+
+
+def apply_env_defaults() -> None:
+    for key, value in _ENV_DEFAULTS.items():
+        os.environ.setdefault(key, value)
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="INTERN_", extra="ignore")
+
+    work_dir: Path = Path(".intern")
+    models_dir: Path | None = None  # where builtin models are converted; default <work_dir>/models
+    tracking_uri: str = "sqlite:///mlflow.db"
+    llm_model: str | None = None
+    llm_api_base: str | None = None
+    llm_api_key: SecretStr | None = None
+    llm_timeout_s: float = 120.0
+    llm_retries: int = 2
+    # Dispatch experiments through a Prefect deployment instead of an in-process subflow.
+    experiment_deployment: str | None = None
+    train_timeout_s: float = 6 * 3600
+    eval_batch_size: int = 16
+    # Drill/test hook: JSON such as {"oom_above_batch": 4, "nan_above_lr": 1e-4} simulates
+    # a memory cap or a real NaN inside real training. Never set by a plan or an LLM.
+    inject_faults: str | None = None
+    arxiv_url: str | None = None  # stand-in arXiv API (tests); None = export.arxiv.org
+
+    def resolved_tracking_uri(self) -> str:
+        uri = os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri
+        if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+            uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
+        return uri
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    apply_env_defaults()
+    return Settings()

@@ -1,0 +1,207 @@
+"""MLflow bookkeeping: one experiment per goal, one run per training experiment.
+
+MLflow is the loop's durable memory: a restarted controller rebuilds its history from here
+(finished plans are found by their plan hash and never re-run), and remote experiment runs
+report their results here.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import mlflow
+from mlflow.tracking import MlflowClient
+
+from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Goal
+from mlintern.settings import get_settings
+
+log = logging.getLogger(__name__)
+
+RESULT_ARTIFACT = "result.json"
+TAG_GOAL = "intern.goal_id"
+TAG_KIND = "intern.kind"
+TAG_PLAN = "intern.plan_id"
+TAG_STATE = "intern.state"
+
+
+def init_tracking() -> str:
+    uri = get_settings().resolved_tracking_uri()
+    mlflow.set_tracking_uri(uri)
+    return uri
+
+
+def experiment_name(goal: Goal) -> str:
+    return f"intern-{goal.name}-{goal.goal_id()}"
+
+
+def ensure_experiment(goal: Goal) -> str:
+    init_tracking()
+    name = experiment_name(goal)
+    exp = mlflow.get_experiment_by_name(name)
+    if exp is not None:
+        return exp.experiment_id
+    try:
+        return mlflow.create_experiment(name, tags={TAG_GOAL: goal.goal_id(), "intern.goal": goal.model_dump_json()})
+    except mlflow.exceptions.MlflowException:  # created concurrently by another process
+        return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def flatten(prefix: str, value: Any) -> dict[str, str]:
+    out: dict[str, str] = {}
+    if isinstance(value, dict):
+        for k, v in value.items():
+            out.update(flatten(f"{prefix}.{k}" if prefix else str(k), v))
+    elif isinstance(value, list):
+        out[prefix] = json.dumps(value)
+    else:
+        out[prefix] = str(value)
+    return out
+
+
+def find_run(experiment_id: str, kind: str, plan_id: str | None = None) -> Any | None:
+    query = f"tags.`{TAG_KIND}` = '{kind}'"
+    if plan_id:
+        query += f" and tags.`{TAG_PLAN}` = '{plan_id}'"
+    runs = MlflowClient().search_runs([experiment_id], filter_string=query, max_results=50,
+                                      order_by=["attributes.start_time DESC"])
+    return runs[0] if runs else None
+
+
+def start_experiment_run(experiment_id: str, goal: Goal, plan: ExperimentPlan, flow_run_id: str | None) -> str:
+    """Create (or reuse, when resuming) the MLflow run of one plan; returns its id."""
+    plan_id = plan.plan_id()
+    existing = find_run(experiment_id, "experiment", plan_id)
+    client = MlflowClient()
+    if existing is not None and existing.data.tags.get(TAG_STATE) != "done":
+        run_id = existing.info.run_id  # an interrupted attempt: re-run into the same run
+        client.set_tag(run_id, TAG_STATE, "running")
+        return run_id
+    tags = {
+        TAG_GOAL: goal.goal_id(), TAG_KIND: "experiment", TAG_PLAN: plan_id, TAG_STATE: "running",
+        "intern.method": plan.method.value, "mlflow.note.content": _note(plan),
+        "intern.cited_papers": ",".join(plan.cited_papers),
+    }
+    if plan.retry_of:
+        tags["intern.retry_of"] = plan.retry_of
+    if flow_run_id:
+        tags["prefect.flow_run_id"] = flow_run_id
+    run = client.create_run(experiment_id, run_name=f"{plan.method.value}-{plan_id[:8]}", tags=tags)
+    run_id = run.info.run_id
+    params = flatten("plan", plan.model_dump(mode="json", exclude={"hypothesis", "rationale", "cited_papers"}))
+    client.log_batch(run_id, params=[mlflow.entities.Param(k, v[:6000]) for k, v in params.items()])
+    client.log_text(run_id, plan.model_dump_json(indent=2), "plan.json")
+    return run_id
+
+
+def _note(plan: ExperimentPlan) -> str:
+    cited = ", ".join(plan.cited_papers) or "none"
+    return (f"**Hypothesis:** {plan.hypothesis or '-'}\n\n**Rationale:** {plan.rationale or '-'}\n\n"
+            f"**Papers:** {cited}\n\n**Data recipe:** {plan.dataset.model_dump_json()}")
+
+
+def finish_experiment_run(run_id: str, result: ExperimentResult) -> None:
+    client = MlflowClient()
+    if result.dev is not None:
+        client.log_metric(run_id, "dev_score", result.dev.value)
+        if result.dev.stderr is not None:
+            client.log_metric(run_id, "dev_stderr", result.dev.stderr)
+    client.log_metric(run_id, "train_seconds", result.train_seconds)
+    client.log_metric(run_id, "accelerator_hours", result.accelerator_hours)
+    if result.failure is not None:
+        client.set_tag(run_id, "intern.failure_kind", result.failure.kind.value)
+        client.set_tag(run_id, "intern.failure", result.failure.message[:5000])
+        client.log_text(run_id, result.failure.log_tail, "failure_log_tail.txt")
+    client.log_text(run_id, result.model_dump_json(indent=2), RESULT_ARTIFACT)
+    client.set_tag(run_id, TAG_STATE, "done")
+    client.set_terminated(run_id, "FINISHED" if result.status == "succeeded" else "FAILED")
+
+
+def load_history(experiment_id: str) -> list[ExperimentResult]:
+    """Finished experiments of this goal, oldest first; interrupted ones are marked failed."""
+    client = MlflowClient()
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_KIND}` = 'experiment'",
+                              max_results=5000, order_by=["attributes.start_time ASC"])
+    history = []
+    for run in runs:
+        if run.data.tags.get(TAG_STATE) != "done":
+            log.warning("run %s (plan %s) was interrupted; it will be re-run if planned again",
+                        run.info.run_id, run.data.tags.get(TAG_PLAN))
+            if run.info.status == "RUNNING":
+                client.set_tag(run.info.run_id, "intern.interrupted", "true")
+            continue
+        text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{RESULT_ARTIFACT}")
+        history.append(ExperimentResult.model_validate_json(text))
+    return history
+
+
+def get_or_log_baseline(experiment_id: str, goal: Goal, split: str, compute) -> EvalScore:
+    """Evaluate the base model once per goal and split; a resumed loop reuses the score."""
+    kind = f"baseline-{split}"
+    run = find_run(experiment_id, kind)
+    if run is not None and run.data.tags.get(TAG_STATE) == "done":
+        return EvalScore.model_validate_json(run.data.tags["intern.score"])
+    score: EvalScore = compute()
+    client = MlflowClient()
+    run_id = run.info.run_id if run is not None else client.create_run(
+        experiment_id, run_name=kind, tags={TAG_GOAL: goal.goal_id(), TAG_KIND: kind}).info.run_id
+    client.log_param(run_id, "base_model", goal.base_model)
+    client.log_metric(run_id, f"{split}_score", score.value)
+    if score.stderr is not None:
+        client.log_metric(run_id, f"{split}_stderr", score.stderr)
+    client.set_tag(run_id, "intern.score", score.model_dump_json())
+    client.set_tag(run_id, TAG_STATE, "done")
+    client.set_terminated(run_id, "FINISHED")
+    return score
+
+
+def register_champion(goal: Goal, result: ExperimentResult) -> str:
+    """Log the champion's weights to its run and point the registry alias `champion` at them."""
+    client = MlflowClient()
+    run_id = result.mlflow_run_id
+    client.log_artifacts(run_id, result.model_path, "model")
+    name = f"intern-{goal.name}"
+    try:
+        client.create_registered_model(name, tags={TAG_GOAL: goal.goal_id()})
+    except mlflow.exceptions.MlflowException:
+        pass  # already registered
+    version = client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id,
+                                          tags={TAG_PLAN: result.plan_id})
+    client.set_registered_model_alias(name, "champion", version.version)
+    client.set_tag(run_id, "intern.champion", "true")
+    return version.version
+
+
+def log_report(experiment_id: str, goal: Goal, report, champion: ExperimentResult | None) -> str:
+    """A `report` run holding the markdown report and base-vs-champion test scores."""
+    client = MlflowClient()
+    run = client.create_run(experiment_id, run_name="report",
+                            tags={TAG_GOAL: goal.goal_id(), TAG_KIND: "report",
+                                  "intern.stop_reason": report.stop_reason, "intern.planner": report.planner})
+    run_id = run.info.run_id
+    metrics = {"base_dev": report.baseline_dev, "base_test": report.baseline_test,
+               "champion_dev": report.champion_dev, "champion_test": report.champion_test}
+    for key, score in metrics.items():
+        if score is not None:
+            client.log_metric(run_id, key, score.value)
+    client.log_metric(run_id, "experiments", len(report.experiments))
+    client.log_metric(run_id, "llm_dollars", report.llm_dollars)
+    client.log_text(run_id, report.markdown, "report.md")
+    client.log_text(run_id, report.model_dump_json(indent=2, exclude={"markdown"}), "report.json")
+    if champion is not None and champion.mlflow_run_id and report.champion_test is not None:
+        client.log_metric(champion.mlflow_run_id, "test_score", report.champion_test.value)
+    client.set_tag(run_id, TAG_STATE, "done")
+    client.set_terminated(run_id, "FINISHED")
+    return run_id
+
+
+def log_literature(experiment_id: str, goal: Goal, query: str, digests: list, error: str | None) -> None:
+    client = MlflowClient()
+    run = client.create_run(experiment_id, run_name="literature",
+                            tags={TAG_GOAL: goal.goal_id(), TAG_KIND: "literature", "intern.arxiv_query": query[:5000]})
+    client.log_metric(run.info.run_id, "papers_digested", len(digests))
+    if error:
+        client.set_tag(run.info.run_id, "intern.literature_error", error[:5000])
+    client.log_text(run.info.run_id, json.dumps([d.model_dump() for d in digests], indent=2), "digests.json")
+    client.set_terminated(run.info.run_id, "FINISHED")

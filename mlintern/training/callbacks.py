@@ -1,0 +1,42 @@
+from __future__ import annotations
+
+import math
+
+from transformers import TrainerCallback
+
+
+class DivergenceError(RuntimeError):
+    """Training loss went NaN/inf or diverged; the message says at which step."""
+
+
+class DivergenceGuard(TrainerCallback):
+    """Stop training as soon as the loss is NaN/inf or exceeds `factor` x its first value."""
+
+    def __init__(self, factor: float = 4.0, patience: int = 3):
+        self.factor = factor
+        self.patience = patience
+        self.first: float | None = None
+        self.bad = 0
+        self.reason: str | None = None
+        self.last_loss: float | None = None
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        loss = (logs or {}).get("loss")
+        if loss is None:
+            return
+        loss = float(loss)
+        if math.isnan(loss) or math.isinf(loss):
+            self.reason = f"loss is {loss} at step {state.global_step}"
+        else:
+            self.last_loss = loss
+            if self.first is None:
+                self.first = loss
+            elif loss > self.factor * max(self.first, 1e-3):
+                self.bad += 1
+                if self.bad >= self.patience:
+                    self.reason = (f"loss diverged to {loss:.3f} at step {state.global_step} "
+                                   f"(first logged loss {self.first:.3f})")
+            else:
+                self.bad = 0
+        if self.reason:
+            control.should_training_stop = True

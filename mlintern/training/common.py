@@ -1,0 +1,60 @@
+"""Settings shared by every trl trainer."""
+
+from __future__ import annotations
+
+from mlintern.schemas import Hyperparameters
+from mlintern.training.job import TrainJob
+
+
+def resolve_device(device: str) -> str:
+    import torch
+
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device == "cuda" and not torch.cuda.is_available():
+        raise RuntimeError("device=cuda requested but no CUDA device is visible (check CUDA_VISIBLE_DEVICES)")
+    return device
+
+
+def base_args(job: TrainJob) -> dict:
+    """TrainingArguments common to SFT, DPO and GRPO."""
+    hp = job.plan.hyperparameters
+    on_gpu = resolve_device(job.device) == "cuda"
+    return dict(
+        output_dir=job.output_dir,
+        max_steps=hp.max_steps,
+        per_device_train_batch_size=hp.per_device_batch_size,
+        gradient_accumulation_steps=hp.gradient_accumulation_steps,
+        learning_rate=hp.learning_rate,
+        warmup_steps=hp.warmup_ratio,  # a float < 1 is a ratio of max_steps in transformers 5
+        weight_decay=hp.weight_decay,
+        lr_scheduler_type="cosine",
+        logging_steps=1,
+        save_strategy="no",
+        report_to=["mlflow"],
+        run_name=job.plan.plan_id(),
+        seed=job.seed,
+        data_seed=job.seed,
+        bf16=on_gpu,
+        use_cpu=not on_gpu,
+        dataloader_num_workers=0,
+        gradient_checkpointing=False,
+        disable_tqdm=True,
+    )
+
+
+def lora_config(hp: Hyperparameters):
+    if not hp.lora:
+        return None
+    from peft import LoraConfig
+
+    return LoraConfig(
+        r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=0.0,
+        target_modules="all-linear", task_type="CAUSAL_LM",
+    )
+
+
+def load_jsonl(path: str):
+    from datasets import load_dataset
+
+    return load_dataset("json", data_files=path, split="train")

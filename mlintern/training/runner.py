@@ -1,0 +1,117 @@
+"""Child-process entry point: `python -m mlintern.training.runner JOB.json OUTCOME.json`.
+
+Running each training job in its own process releases all memory between experiments,
+lets the controller enforce a hard timeout, and turns a crash into a classified failure
+instead of a dead controller. MLflow logging goes to the run named by MLFLOW_RUN_ID.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+
+from mlintern.schemas import Method
+from mlintern.training.callbacks import DivergenceError, DivergenceGuard
+from mlintern.training.job import TrainJob, TrainOutcome
+
+log = logging.getLogger("mlintern.training")
+
+
+class FaultInjector:
+    """Test and drill hook: simulates a memory cap or a real NaN inside real training."""
+
+    def __new__(cls, faults: dict, job: TrainJob):
+        from transformers import TrainerCallback
+
+        hp = job.plan.hyperparameters
+
+        class _Injector(TrainerCallback):
+            def on_step_begin(self, args, state, control, **kwargs):
+                cap = faults.get("oom_above_batch")
+                if cap is not None and hp.per_device_batch_size > int(cap):
+                    import torch
+
+                    raise torch.OutOfMemoryError(
+                        "CUDA out of memory. Tried to allocate 2.00 GiB (injected: micro-batch "
+                        f"{hp.per_device_batch_size} > simulated cap {cap})"
+                    )
+
+            def on_step_end(self, args, state, control, model=None, **kwargs):
+                lr_cap = faults.get("nan_above_lr")
+                if lr_cap is not None and hp.learning_rate > float(lr_cap) and model is not None:
+                    import torch
+
+                    with torch.no_grad():  # a real NaN in the weights, propagating through real steps
+                        next(p for p in model.parameters() if p.requires_grad).fill_(math.nan)
+
+        return _Injector()
+
+
+def build_trainer(job: TrainJob, callbacks: list):
+    if job.plan.method == Method.sft:
+        from mlintern.training.sft import build_sft_trainer
+
+        return build_sft_trainer(job, callbacks)
+    if job.plan.method == Method.dpo:
+        from mlintern.training.dpo import build_dpo_trainer
+
+        return build_dpo_trainer(job, callbacks)
+    from mlintern.training.grpo import build_grpo_trainer
+
+    return build_grpo_trainer(job, callbacks)
+
+
+def save_model(trainer, out: Path) -> None:
+    """Save a full model (LoRA adapters merged) so evaluation and the next plan load it alike."""
+    model = trainer.model
+    if hasattr(model, "merge_and_unload"):
+        model = model.merge_and_unload()
+    tmp = out.with_suffix(".partial")
+    model.save_pretrained(tmp)
+    tok = getattr(trainer, "processing_class", None)
+    if tok is not None:
+        getattr(tok, "tokenizer", tok).save_pretrained(tmp)
+    tmp.rename(out)
+
+
+def run(job: TrainJob, faults: dict | None = None) -> TrainOutcome:
+    guard = DivergenceGuard()
+    callbacks = [guard] + ([FaultInjector(faults, job)] if faults else [])
+    start = time.time()
+    trainer = build_trainer(job, callbacks)
+    result = trainer.train()
+    if guard.reason:
+        raise DivergenceError(f"training stopped early: {guard.reason}")
+    out = Path(job.output_dir) / "model"
+    save_model(trainer, out)
+    return TrainOutcome(
+        status="succeeded", model_dir=str(out), final_loss=guard.last_loss,
+        steps=int(result.global_step), train_seconds=time.time() - start,
+    )
+
+
+def main(argv: list[str]) -> int:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    job_path, outcome_path = Path(argv[0]), Path(argv[1])
+    job = TrainJob.model_validate_json(job_path.read_text())
+    faults = json.loads(argv[2]) if len(argv) > 2 and argv[2] else None
+    try:
+        outcome = run(job, faults)
+        code = 0
+    except Exception as exc:  # classified by the parent from the type, message and log tail
+        from mlintern.training.failures import classify
+
+        traceback.print_exc()
+        outcome = TrainOutcome(status="failed", failure=classify(exc, traceback.format_exc()))
+        code = 1
+    outcome_path.write_text(outcome.model_dump_json())
+    return code
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

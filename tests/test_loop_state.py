@@ -1,0 +1,61 @@
+"""Selection and stopping rules of the controller (pure logic)."""
+
+from mlintern.loop import LoopState
+from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Failure, FailureKind, Goal, Hyperparameters
+from mlintern.selection import beats
+
+
+def score(v, se=0.05):
+    return EvalScore(task="t", metric="score", value=v, stderr=se, n=40)
+
+
+def result(v, lr=1e-4, status="succeeded", retry_of=None, se=0.05):
+    plan = ExperimentPlan(hyperparameters=Hyperparameters(learning_rate=lr), retry_of=retry_of)
+    failure = Failure(kind=FailureKind.oom, message="OOM") if status == "failed" else None
+    return ExperimentResult(plan_id=plan.plan_id(), plan=plan, status=status,
+                            dev=score(v, se) if status == "succeeded" else None, failure=failure,
+                            accelerator_hours=0.1)
+
+
+def test_candidate_within_noise_is_not_promoted():
+    champion = score(0.40, 0.05)
+    assert not beats(score(0.45, 0.05), champion, z=1.0)  # +0.05 < 0.0707 combined stderr
+    assert beats(score(0.52, 0.05), champion, z=1.0)
+    assert not beats(score(0.40, 0.0), score(0.40, 0.0), z=0.0), "a tie never wins"
+
+
+def test_loop_keeps_champion_when_candidate_is_within_noise():
+    state = LoopState(goal=Goal(stop={"patience": 3, "noise_z": 1.0}), baseline=score(0.10))
+    assert state.record(result(0.40, lr=1e-4))
+    assert not state.record(result(0.44, lr=2e-4)), "within noise of the champion"
+    assert state.champion.dev.value == 0.40
+    assert state.since_improvement == 1
+
+
+def test_stop_reasons():
+    goal = Goal(budget={"max_experiments": 3, "gpu_hours": 0.2}, target_score=0.9, stop={"patience": 2})
+    state = LoopState(goal=goal, baseline=score(0.1))
+    assert state.stop_reason() is None
+    state.record(result(0.5, lr=1e-4))
+    state.record(result(0.5, lr=2e-4))
+    assert "accelerator budget" in state.stop_reason()
+    state = LoopState(goal=Goal(stop={"patience": 2}), baseline=score(0.5))
+    state.record(result(0.3, lr=1e-4)); state.record(result(0.3, lr=2e-4))
+    assert "no improvement" in state.stop_reason()
+    state = LoopState(goal=Goal(target_score=0.3), baseline=score(0.1))
+    state.record(result(0.6, lr=1e-4))
+    assert "target reached" in state.stop_reason()
+
+
+def test_failed_plans_are_retried_a_bounded_number_of_times():
+    state = LoopState(goal=Goal(max_retries_per_plan=2, budget={"max_experiments": 50}), baseline=score(0.1))
+    first = result(0, status="failed", lr=1e-4)
+    state.record(first)
+    assert state.pending_failure() is not None
+    second = result(0, status="failed", lr=5e-5, retry_of=first.plan_id)
+    state.record(second)
+    assert state.pending_failure() is not None
+    third = result(0, status="failed", lr=2e-5, retry_of=second.plan_id)
+    state.record(third)
+    assert state.pending_failure() is None, "gave up on the lineage after 2 retries"
+    assert state.since_improvement == 0, "failures spend budget, not patience"

@@ -1,0 +1,42 @@
+import pytest
+from pydantic import ValidationError
+
+from mlintern.schemas import BenchmarkSpec, ExperimentPlan, Goal, Hyperparameters, Method
+
+
+def test_default_goal_is_valid_and_stable():
+    assert Goal().goal_id() == Goal().goal_id()
+    assert Goal(budget={"max_experiments": 9}).goal_id() == Goal().goal_id(), "budget is not identity"
+    assert Goal(base_model="Qwen/Qwen3-1.7B-Base").goal_id() != Goal().goal_id()
+
+
+@pytest.mark.parametrize("field,value,needle", [
+    ("budget", {"max_experiments": 0}, "budget.max_experiments"),
+    ("budget", {"gpu_hours": -1}, "budget.gpu_hours"),
+    ("llm_model", "gpt-4o", "provider prefix"),
+    ("name", "has space", "name"),
+    ("target_score", 1.5, "target_score"),
+    ("benchmark", {"dev_seed": 5, "test_seed": 5}, "disjoint"),
+    ("benchmark", {"name": "../etc/passwd"}, "not a path"),
+    ("unknown_field", 1, "unknown_field"),
+])
+def test_bad_goal_fields_name_the_field(field, value, needle):
+    with pytest.raises(ValidationError) as err:
+        Goal.model_validate({field: value})
+    assert needle in str(err.value)
+
+
+def test_plan_id_ignores_prose_but_not_hyperparameters():
+    a = ExperimentPlan(rationale="x")
+    assert a.plan_id() == ExperimentPlan(rationale="y", hypothesis="z").plan_id()
+    assert a.plan_id() != ExperimentPlan(hyperparameters=Hyperparameters(learning_rate=1e-4)).plan_id()
+
+
+def test_grpo_batch_must_divide_into_groups():
+    with pytest.raises(ValidationError, match="num_generations"):
+        ExperimentPlan(method=Method.grpo, hyperparameters={"per_device_batch_size": 3, "num_generations": 4})
+
+
+def test_benchmark_defaults():
+    spec = BenchmarkSpec()
+    assert spec.kind == "reasoning_gym" and spec.dev_seed != spec.test_seed
