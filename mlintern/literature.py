@@ -261,6 +261,8 @@ def search_papers(
                 break
             if attempt < retries and backoff_s > 0:
                 time.sleep(backoff_s * 2**attempt)
+        finally:
+            client._session.close()
     assert last is not None
     verb = "unreachable at" if _retryable(last) or isinstance(last, _NotAFeed) else "refused the query at"
     raise LiteratureError(
@@ -271,51 +273,63 @@ def search_papers(
 
 # --------------------------------------------------------------------------- ranking
 
-# Weighted terms per method, matched as whole words/phrases in title + abstract.
-_METHOD_TERMS: dict[Method, list[str]] = {
-    Method.sft: ["supervised fine-tuning", "fine-tuning", "finetuning", "fine-tune", "instruction tuning", "sft"],
-    Method.dpo: ["preference optimization", "dpo", "preference", "rlhf"],
-    Method.grpo: ["grpo", "reinforcement learning", "policy optimization", "verifiable rewards", "reward"],
+# Ranking terms: (term, weight) per concept. A concept counts once, with the weight of its
+# best-matching term, so synonyms (fine-tuning, finetuning, fine-tune) do not add up.
+_METHOD_TERMS: dict[Method, list[tuple[str, float]]] = {
+    Method.sft: [("supervised fine-tuning", 2.0), ("sft", 2.0), ("instruction tuning", 2.0),
+                 ("fine-tuning", 1.5), ("finetuning", 1.5), ("fine-tune", 1.5), ("fine-tuned", 1.5)],
+    Method.dpo: [("direct preference optimization", 3.0), ("dpo", 3.0), ("preference optimization", 2.5),
+                 ("rlhf", 1.5), ("preference", 1.0)],
+    Method.grpo: [("grpo", 3.0), ("group relative policy optimization", 3.0), ("verifiable rewards", 2.5),
+                  ("policy optimization", 2.0), ("reinforcement learning", 2.0), ("reward", 1.0)],
 }
-_GENERAL_TERMS = ["post-training", "language model", "language models", "reasoning"]
-_MATH_TERMS = ["math", "mathematical", "arithmetic", "math word problems"]
+_LORA_TERMS = [("lora", 2.0), ("low-rank adaptation", 2.0)]
+_SMALL_TERMS = [("small language model", 1.5), ("small language models", 1.5), ("small lms", 1.5)]
+_MATH_TERMS = [("math", 1.5), ("mathematical", 1.5), ("arithmetic", 1.5)]
+_GENERAL_TERMS = [("post-training", 1.0), ("language model", 1.0), ("language models", 1.0), ("reasoning", 1.0)]
 
 
-def goal_terms(goal: Goal) -> dict[str, float]:
-    """The weighted terms of `rank_papers`: benchmark phrases 3, method terms 2 (LoRA terms 2
-    when LoRA is allowed), small-model and math terms (for math benchmarks) 1.5, general 1."""
-    terms: dict[str, float] = {}
-
-    def add(words: list[str], weight: float) -> None:
-        for w in words:
-            terms[w.lower()] = max(terms.get(w.lower(), 0.0), weight)
-
-    bench = _benchmark_phrases(goal)
-    add(bench, 3.0)
+def goal_terms(goal: Goal) -> dict[str, list[tuple[str, float]]]:
+    """The concepts `rank_papers` looks for, each a list of (term, weight): the benchmark's
+    phrases (3), each allowed method (up to 3 for its own name, less for generic words), LoRA
+    when allowed (2), math words for math benchmarks (1.5), small-model words for models of
+    8B parameters or fewer (1.5), and general post-training words (1)."""
+    concepts: dict[str, list[tuple[str, float]]] = {"benchmark": [(p.lower(), 3.0) for p in _benchmark_phrases(goal)]}
     name = goal.benchmark.name.lower()
-    if any(k in name for k in ("gsm", "math", "arith")) or any(b.lower() in _MATH_TERMS for b in bench):
-        add(_MATH_TERMS, 1.5)
+    if any(k in name for k in ("gsm", "math", "arith", "algebra")):
+        concepts["math"] = _MATH_TERMS
     for method in goal.search_space.methods:
-        add(_METHOD_TERMS[method], 2.0)
+        concepts[method.value] = _METHOD_TERMS[method]
     if True in goal.search_space.lora_choices:
-        add(["lora", "low-rank adaptation"], 2.0)
+        concepts["lora"] = _LORA_TERMS
     if _is_small_model(goal):
-        add(["small language model", "small language models"], 1.5)
-    add(_GENERAL_TERMS, 1.0)
-    return terms
+        concepts["small"] = _SMALL_TERMS
+    concepts["general"] = _GENERAL_TERMS
+    return concepts
+
+
+def _has(text: str, term: str) -> bool:
+    return re.search(r"(?<![a-z0-9])" + re.escape(term) + r"(?![a-z0-9])", text) is not None
 
 
 def relevance_score(paper: Paper, goal: Goal) -> float:
-    """Sum of the weights of the goal's terms found in the title or abstract (each term once)."""
-    text = f"{paper.title} {paper.summary}".lower()
-    return sum(w for term, w in goal_terms(goal).items()
-               if re.search(r"(?<![a-z0-9])" + re.escape(term) + r"(?![a-z0-9])", text))
+    """Sum over the goal's concepts of the best weight among its terms found (as whole words,
+    case-insensitive) in the paper's abstract, or 1.5 times that weight in its title."""
+    title, abstract = paper.title.lower(), paper.summary.lower()
+
+    def weight(term: str, w: float) -> float:
+        return w * 1.5 if _has(title, term) else w if _has(abstract, term) else 0.0
+
+    return sum(max(weight(t, w) for t, w in terms) for terms in goal_terms(goal).values())
 
 
 def rank_papers(papers: list[Paper], goal: Goal) -> list[Paper]:
     """Most relevant first: by `relevance_score` (keyword overlap with the goal's benchmark,
     methods and model size, see `goal_terms`), ties broken by the newer publication date,
-    then by paper_id. Deterministic; duplicates (same paper_id) are dropped."""
+    then by paper_id. Deterministic; duplicates (same paper_id) are dropped.
+
+    Deliberately simple: it only reorders what arXiv returned for `build_query`, so that the
+    few papers worth an LLM digest (`digest_papers`' top_k) are the ones closest to the goal."""
     unique = list({p.paper_id: p for p in reversed(papers)}.values())[::-1]
 
     def key(p: Paper):
@@ -349,7 +363,7 @@ def extractive_digest(paper: Paper, goal: Goal | None = None) -> PaperDigest:
     rest = sentences[2:] or sentences
     gains = " ".join(s for s in rest if _GAIN_WORDS.search(s))[:_FIELD_CHARS]
     hparams = " ".join(s for s in sentences if _HP_WORDS.search(s))
-    relevance = round(min(1.0, relevance_score(paper, goal) / 12.0), 2) if goal else 0.0
+    relevance = round(min(1.0, relevance_score(paper, goal) / 10.0), 2) if goal else 0.0
     return PaperDigest(
         paper_id=paper.paper_id,
         title=paper.title,

@@ -10,6 +10,7 @@ import time
 from pathlib import Path
 
 from prefect import get_run_logger, task
+from prefect.cache_policies import NO_CACHE
 
 from mlintern.schemas import Failure, FailureKind
 from mlintern.settings import get_settings

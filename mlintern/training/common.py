@@ -40,6 +40,7 @@ def base_args(job: TrainJob) -> dict:
         dataloader_num_workers=0,
         gradient_checkpointing=False,
         disable_tqdm=True,
+        logging_nan_inf_filter=False,  # the default hides NaN losses from our DivergenceGuard
     )
 
 

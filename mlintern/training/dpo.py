@@ -1,0 +1,30 @@
+"""Direct preference optimisation with trl's DPOTrainer (full or LoRA).
+
+Rows are conversational preference pairs: {"prompt": [user msg], "chosen": [assistant msg],
+"rejected": [assistant msg]}. With LoRA the reference model is the policy with its adapter
+disabled (no second copy in memory); with full fine-tuning trl loads a frozen reference copy
+from the same path.
+"""
+
+from __future__ import annotations
+
+from mlintern.training.common import base_args, load_jsonl, lora_config
+from mlintern.training.job import TrainJob
+
+
+def build_dpo_trainer(job: TrainJob, callbacks: list):
+    from trl import DPOConfig, DPOTrainer
+
+    hp = job.plan.hyperparameters
+    args = DPOConfig(
+        **base_args(job),
+        beta=hp.beta,
+        max_length=hp.max_length,
+    )
+    return DPOTrainer(
+        model=job.model_path,
+        args=args,
+        train_dataset=load_jsonl(job.data_path),
+        peft_config=lora_config(hp),
+        callbacks=callbacks,
+    )

@@ -1,0 +1,73 @@
+"""Real trl SFT (full and LoRA) on the real SmolLM2-135M, logging to a real MLflow store."""
+
+import json
+import math
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlintern.benchmarks.rgym import PROMPT_SUFFIX, make_items
+from mlintern.schemas import ExperimentPlan, FailureKind
+from mlintern.training.failures import classify_text
+from mlintern.training.job import TrainJob
+from mlintern.training.runner import main as runner_main
+
+CFG = {"min_terms": 2, "max_terms": 2, "min_digits": 1, "max_digits": 2, "operators": "+-"}
+
+
+def sft_rows(path, n=16):
+    with open(path, "w") as f:
+        for r in make_items("basic_arithmetic", CFG, n, seed=11):
+            f.write(json.dumps({"prompt": [{"role": "user", "content": r["question"] + PROMPT_SUFFIX}],
+                                "completion": [{"role": "assistant", "content": r["answer"]}]}) + "\n")
+    return str(path)
+
+
+def run_job(tmp_path, monkeypatch, smol_model, faults=None, **hp):
+    client = MlflowClient()
+    exp = client.create_experiment(f"t-{tmp_path.name}")
+    run_id = client.create_run(exp).info.run_id
+    monkeypatch.setenv("MLFLOW_RUN_ID", run_id)
+    plan = ExperimentPlan(hyperparameters={"max_steps": 2, "per_device_batch_size": 2, "max_length": 64,
+                                           "learning_rate": 1e-4, **hp})
+    job = TrainJob(plan=plan, model_path=smol_model, data_path=sft_rows(tmp_path / "train.jsonl"),
+                   output_dir=str(tmp_path / "out"), device="cpu")
+    (tmp_path / "job.json").write_text(job.model_dump_json())
+    code = runner_main([str(tmp_path / "job.json"), str(tmp_path / "outcome.json"), json.dumps(faults or {})])
+    outcome = json.loads((tmp_path / "outcome.json").read_text())
+    return code, outcome, client.get_run(run_id), client
+
+
+@pytest.mark.parametrize("lora", [False, True], ids=["full", "lora"])
+def test_sft_trains_and_logs_step_metrics(intern_env, monkeypatch, smol_model, lora):
+    code, outcome, run, client = run_job(intern_env, monkeypatch, smol_model, lora=lora, lora_r=4, lora_alpha=8)
+    assert code == 0 and outcome["status"] == "succeeded", outcome
+    assert outcome["steps"] == 2 and math.isfinite(outcome["final_loss"])
+    losses = client.get_metric_history(run.info.run_id, "loss")
+    assert len(losses) == 2, "one loss point per optimizer step"
+    saved = intern_env / "out" / "model"
+    assert (saved / "config.json").exists() and (saved / "model.safetensors").exists()
+    assert not (saved / "adapter_config.json").exists(), "LoRA is merged into a full model"
+
+
+def test_injected_nan_is_caught_and_classified(intern_env, monkeypatch, smol_model):
+    code, outcome, _, _ = run_job(intern_env, monkeypatch, smol_model, faults={"nan_above_lr": 1e-5}, max_steps=3)
+    assert code == 1 and outcome["status"] == "failed"
+    assert outcome["failure"]["kind"] == FailureKind.nan.value
+    assert "loss is nan" in outcome["failure"]["message"]
+
+
+def test_injected_oom_is_classified(intern_env, monkeypatch, smol_model):
+    code, outcome, _, _ = run_job(intern_env, monkeypatch, smol_model, faults={"oom_above_batch": 1})
+    assert code == 1 and outcome["failure"]["kind"] == FailureKind.oom.value
+
+
+@pytest.mark.parametrize("text,kind", [
+    ("RuntimeError: CUDA out of memory. Tried to allocate 20.00 MiB", FailureKind.oom),
+    ("DivergenceError: training stopped early: loss is nan at step 3", FailureKind.nan),
+    ("KeyError: 'completion'", FailureKind.bad_data),
+    ("Segmentation fault", FailureKind.crash),
+])
+def test_failure_classification(text, kind):
+    assert classify_text(text) == kind
+    assert classify_text("", exit_code=-9) == FailureKind.oom
