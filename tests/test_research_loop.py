@@ -1,0 +1,121 @@
+"""The controller flow end to end: real Prefect flow runs, real trl, real lm-eval, real MLflow."""
+
+import json
+
+import mlflow
+import pytest
+from mlflow.tracking import MlflowClient
+
+from flows.research_loop import research_loop
+from mlintern.settings import get_settings
+from mlintern.tracking import experiment_name
+from tests.conftest import tiny_goal
+from tests.standins.openai_server import OpenAIStandIn
+
+
+def runs_of(goal, kind):
+    exp = mlflow.get_experiment_by_name(experiment_name(goal))
+    return MlflowClient().search_runs([exp.experiment_id], filter_string=f"tags.`intern.kind` = '{kind}'",
+                                      order_by=["attributes.start_time ASC"])
+
+
+def test_loop_with_search_planner_records_everything(intern_env, prefect_harness, smol_model):
+    goal = tiny_goal(name="search-loop", budget={"max_experiments": 2})
+    report = research_loop(goal)
+
+    assert report.planner == "optuna-tpe"
+    assert len(report.experiments) == 2 and "experiment budget" in report.stop_reason
+    assert report.baseline_test is not None and report.baseline_test.n == 12
+    experiments = runs_of(goal, "experiment")
+    assert len(experiments) == 2
+    for run in experiments:
+        assert run.info.status == "FINISHED"
+        assert run.data.params["plan.method"] == "sft"
+        assert "dev_score" in run.data.metrics and "loss" in run.data.metrics
+        assert run.data.tags["prefect.flow_run_id"]
+        assert "data.content_hash" in run.data.params or run.inputs.dataset_inputs, "dataset lineage logged"
+    assert len(runs_of(goal, "baseline-dev")) == 1 and len(runs_of(goal, "baseline-test")) == 1
+    report_run = runs_of(goal, "report")[0]
+    assert "Held-out test: base vs champion" in mlflow.artifacts.load_text(
+        f"runs:/{report_run.info.run_id}/report.md")
+
+    # The champion is the best dev score that beat the base model (noise_z=0 in tiny_goal).
+    better = [r for r in report.experiments if r.dev.value > report.baseline_dev.value]
+    if better:
+        best = max(better, key=lambda r: r.dev.value)
+        assert report.champion_dev.value == best.dev.value
+        version = MlflowClient().get_model_version_by_alias("intern-search-loop", "champion")
+        assert version.run_id == next(r for r in report.experiments if r.plan_id == report.champion_plan_id).mlflow_run_id
+        assert report.champion_test is not None
+    else:
+        assert report.champion_plan_id is None and report.champion_test is None
+
+    # Held-out test scores were logged only after the loop, never into a planning context.
+    assert all("test_score" not in r.data.metrics for r in experiments if r.data.tags.get("intern.champion") != "true")
+
+
+def plan_json(batch=2, accum=1, lr=2e-4, steps=2, retry_of=None, papers=()):
+    return json.dumps({
+        "method": "sft", "init_from": "base",
+        "dataset": {"source": "benchmark", "num_examples": 16 + steps + batch + int(lr * 1e6) % 7},
+        "hyperparameters": {"learning_rate": lr, "max_steps": steps, "per_device_batch_size": batch,
+                            "gradient_accumulation_steps": accum, "max_length": 64},
+        "hypothesis": "h", "rationale": "r", "cited_papers": list(papers), "retry_of": retry_of,
+    })
+
+
+def test_loop_with_llm_planner_repairs_output_and_recovers_from_oom_and_nan(
+    intern_env, prefect_harness, smol_model, monkeypatch
+):
+    """LLM over real HTTP: a malformed answer is repaired; an injected OOM and an injected NaN
+    are classified, diagnosed (the failure goes back to the LLM) and retried with a changed plan."""
+    monkeypatch.setenv("INTERN_INJECT_FAULTS", json.dumps({"oom_above_batch": 2, "nan_above_lr": 5e-4}))
+    monkeypatch.setenv("INTERN_LLM_API_KEY", "sk-test-loop-key")
+    get_settings.cache_clear()
+
+    def answer(request):
+        prompt = request.json["messages"][-1]["content"]
+        n = len(answer.calls)
+        answer.calls.append(prompt)
+        if n == 0:
+            return '{"method": "sft", "hyperparameters": '  # malformed: cut off
+        if "not a valid ExperimentPlan" in prompt:
+            return plan_json(batch=4)  # repaired, but batch 4 is over the simulated memory cap
+        if "failed and must be fixed" in prompt and "out of memory" in prompt:
+            failed = prompt.split("Failed plan ")[1].split(" ")[0]
+            return plan_json(batch=2, accum=2, retry_of=failed)
+        if "failed and must be fixed" in prompt and "nan" in prompt.lower():
+            failed = prompt.split("Failed plan ")[1].split(" ")[0]
+            return plan_json(lr=1e-4, steps=3, retry_of=failed)
+        return plan_json(lr=2e-3, papers=["2501.19393"])  # too hot: NaN
+
+    answer.calls = []
+    goal = tiny_goal(name="llm-loop", planner="llm", llm_model="openai/stand-in",
+                     budget={"max_experiments": 4},
+                     search_space={"batch_sizes": [2, 4], "learning_rate": [1e-4, 3e-3]})
+    with OpenAIStandIn(answer) as server:
+        goal = goal.model_copy(update={"llm_api_base": server.api_base})
+        report = research_loop(goal)
+
+    kinds = [(r.status, r.failure.kind.value if r.failure else None) for r in report.experiments]
+    assert kinds == [("failed", "oom"), ("succeeded", None), ("failed", "nan_or_divergence"), ("succeeded", None)]
+    oom, fixed, nan, fixed2 = report.experiments
+    assert fixed.plan.retry_of == oom.plan_id and fixed.plan.hyperparameters.gradient_accumulation_steps == 2
+    assert nan2_ok(nan, fixed2)
+    runs = runs_of(goal, "experiment")
+    assert len(runs) == 4, "every attempt, failed or not, is one MLflow run"
+    assert {r.data.tags.get("intern.failure_kind") for r in runs} >= {"oom", "nan_or_divergence"}
+    assert [r.info.status for r in runs].count("FAILED") == 2
+    assert "2501.19393" in {r.data.tags.get("intern.cited_papers") for r in runs}
+    assert report.planner == "llm:openai/stand-in"
+
+
+def nan2_ok(nan, fixed2) -> bool:
+    return fixed2.plan.retry_of == nan.plan_id and fixed2.plan.hyperparameters.learning_rate < nan.plan.hyperparameters.learning_rate
+
+
+def test_bad_goal_is_rejected_before_any_work(intern_env, prefect_harness):
+    with pytest.raises(Exception) as err:
+        research_loop({"name": "x", "budget": {"max_experiments": -1}})
+    assert "max_experiments" in str(err.value)
+    assert mlflow.get_experiment_by_name("intern-x") is None
