@@ -23,8 +23,8 @@ def dispatch_experiment(goal: Goal, plan: ExperimentPlan, init_model: str, timeo
         timeout=None,
         as_subflow=True,
     )
-    run = find_run(ensure_experiment(goal), "experiment", plan_id)
-    if run is not None and run.data.tags.get("intern.state") == "done":
+    run = find_run(ensure_experiment(goal), "experiment", plan_id, done=True)
+    if run is not None:
         text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{RESULT_ARTIFACT}")
         return ExperimentResult.model_validate_json(text)
     state = flow_run.state.name if flow_run.state else "unknown"

@@ -53,6 +53,8 @@ def research_loop(goal: Goal) -> LoopReport:
         state.record(result)
     if state.history:
         logger.info("resuming goal %s with %d finished experiments", goal.goal_id(), len(state.history))
+        if state.champion is not None:  # the crash may have come before the registry update
+            register_champion(goal, state.champion)
 
     planner = make_planner(goal)
     if planner.name.startswith("optuna"):
@@ -90,6 +92,7 @@ def plan_round(planner, state: LoopState, bench: PreparedBenchmark,
             goal=state.goal, metric=bench.metric, baseline=state.baseline, history=state.history,
             champion=state.champion, experiments_left=state.experiments_left - len(plans),
             hours_left=state.hours_left, literature=literature, pending=plans,
+            eval_files=[str(f) for f in bench.eval_files()],
             failure=pending_failure[0] if pending_failure else None,
             failure_plan=pending_failure[1] if pending_failure else None,
         )

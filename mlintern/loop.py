@@ -65,6 +65,8 @@ class LoopState:
             return f"no improvement in {self.since_improvement} experiments (patience {goal.stop.patience})"
         if self.llm_exhausted:
             return "LLM budget spent"
+        if self.history and self.history[-1].failure is not None and self.history[-1].failure.kind.value == "disk_full":
+            return "disk full: free space under INTERN_WORK_DIR, then run again to resume"
         return None
 
     def pending_failure(self) -> tuple[Failure, ExperimentPlan] | None:

@@ -49,7 +49,22 @@ def resolve_model(name: str, work_dir: Path, models_dir: Path | None = None) -> 
         raise ModelNotFound(
             f"base model {name!r} is neither a local folder nor a hub id of the form org/name"
         )
+    _check_hub_model(name)
     return name
+
+
+def _check_hub_model(name: str) -> None:
+    """Fetch only the config, so a wrong id or an unreachable Hub fails before any GPU work."""
+    from transformers import AutoConfig
+
+    try:
+        AutoConfig.from_pretrained(name)
+    except Exception as exc:  # OSError, HTTP errors, gated repos
+        raise ModelNotFound(
+            f"base model {name!r} could not be loaded from the Hugging Face Hub "
+            f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Check the id, set HF_TOKEN "
+            "for gated models, and HF_HUB_OFFLINE=0 when online; or pass a local folder."
+        ) from None
 
 
 def _convert_builtin(target: Path) -> Path:

@@ -238,6 +238,7 @@ class FailureKind(str, Enum):
     nan = "nan_or_divergence"
     bad_data = "bad_data"
     timeout = "timeout"
+    disk_full = "disk_full"
     crash = "crash"
 
 

@@ -60,24 +60,34 @@ def flatten(prefix: str, value: Any) -> dict[str, str]:
     return out
 
 
-def find_run(experiment_id: str, kind: str, plan_id: str | None = None) -> Any | None:
+def _runs(experiment_id: str, kind: str, plan_id: str | None = None) -> list:
     query = f"tags.`{TAG_KIND}` = '{kind}'"
     if plan_id:
         query += f" and tags.`{TAG_PLAN}` = '{plan_id}'"
-    runs = MlflowClient().search_runs([experiment_id], filter_string=query, max_results=50,
+    return MlflowClient().search_runs([experiment_id], filter_string=query, max_results=1000,
                                       order_by=["attributes.start_time DESC"])
-    return runs[0] if runs else None
+
+
+def find_run(experiment_id: str, kind: str, plan_id: str | None = None, *, done: bool = False) -> Any | None:
+    """The newest run of this kind (and plan); with done=True only a finished one."""
+    for run in _runs(experiment_id, kind, plan_id):
+        if not done or run.data.tags.get(TAG_STATE) == "done":
+            return run
+    return None
 
 
 def start_experiment_run(experiment_id: str, goal: Goal, plan: ExperimentPlan, flow_run_id: str | None) -> str:
-    """Create (or reuse, when resuming) the MLflow run of one plan; returns its id."""
+    """Create the MLflow run of one attempt at a plan; returns its id.
+
+    A run of the same plan left unfinished by a killed process is marked KILLED (tag
+    intern.state=interrupted) rather than reused, so no metric history is written twice.
+    """
     plan_id = plan.plan_id()
-    existing = find_run(experiment_id, "experiment", plan_id)
     client = MlflowClient()
-    if existing is not None and existing.data.tags.get(TAG_STATE) != "done":
-        run_id = existing.info.run_id  # an interrupted attempt: re-run into the same run
-        client.set_tag(run_id, TAG_STATE, "running")
-        return run_id
+    for stale in _runs(experiment_id, "experiment", plan_id):
+        if stale.data.tags.get(TAG_STATE) not in ("done", "interrupted"):
+            client.set_tag(stale.info.run_id, TAG_STATE, "interrupted")
+            client.set_terminated(stale.info.run_id, "KILLED")
     tags = {
         TAG_GOAL: goal.goal_id(), TAG_KIND: "experiment", TAG_PLAN: plan_id, TAG_STATE: "running",
         "intern.method": plan.method.value, "mlflow.note.content": _note(plan),
@@ -119,33 +129,32 @@ def finish_experiment_run(run_id: str, result: ExperimentResult) -> None:
 
 
 def load_history(experiment_id: str) -> list[ExperimentResult]:
-    """Finished experiments of this goal, oldest first; interrupted ones are marked failed."""
+    """Finished experiments of this goal, oldest first. Unfinished attempts (a killed
+    controller or worker) are skipped: their plan is re-run if it is planned again."""
     client = MlflowClient()
     runs = client.search_runs([experiment_id], filter_string=f"tags.`{TAG_KIND}` = 'experiment'",
                               max_results=5000, order_by=["attributes.start_time ASC"])
-    history = []
+    history, seen = [], set()
     for run in runs:
         if run.data.tags.get(TAG_STATE) != "done":
-            log.warning("run %s (plan %s) was interrupted; it will be re-run if planned again",
-                        run.info.run_id, run.data.tags.get(TAG_PLAN))
-            if run.info.status == "RUNNING":
-                client.set_tag(run.info.run_id, "intern.interrupted", "true")
             continue
         text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{RESULT_ARTIFACT}")
-        history.append(ExperimentResult.model_validate_json(text))
+        result = ExperimentResult.model_validate_json(text)
+        if result.plan_id not in seen:
+            seen.add(result.plan_id)
+            history.append(result)
     return history
 
 
 def get_or_log_baseline(experiment_id: str, goal: Goal, split: str, compute) -> EvalScore:
     """Evaluate the base model once per goal and split; a resumed loop reuses the score."""
     kind = f"baseline-{split}"
-    run = find_run(experiment_id, kind)
-    if run is not None and run.data.tags.get(TAG_STATE) == "done":
+    run = find_run(experiment_id, kind, done=True)
+    if run is not None:
         return EvalScore.model_validate_json(run.data.tags["intern.score"])
     score: EvalScore = compute()
     client = MlflowClient()
-    run_id = run.info.run_id if run is not None else client.create_run(
-        experiment_id, run_name=kind, tags={TAG_GOAL: goal.goal_id(), TAG_KIND: kind}).info.run_id
+    run_id = client.create_run(experiment_id, run_name=kind, tags={TAG_GOAL: goal.goal_id(), TAG_KIND: kind}).info.run_id
     client.log_param(run_id, "base_model", goal.base_model)
     client.log_metric(run_id, f"{split}_score", score.value)
     if score.stderr is not None:
@@ -156,12 +165,23 @@ def get_or_log_baseline(experiment_id: str, goal: Goal, split: str, compute) -> 
     return score
 
 
+def registry_name(goal: Goal) -> str:
+    return f"intern-{goal.name}"
+
+
 def register_champion(goal: Goal, result: ExperimentResult) -> str:
-    """Log the champion's weights to its run and point the registry alias `champion` at them."""
+    """Log the champion's weights to its run and point the registry alias `champion` at them.
+    Idempotent: a resumed controller calls it again for the champion it rebuilt from history."""
     client = MlflowClient()
     run_id = result.mlflow_run_id
+    name = registry_name(goal)
+    try:
+        current = client.get_model_version_by_alias(name, "champion")
+        if current.run_id == run_id:
+            return current.version
+    except mlflow.exceptions.MlflowException:
+        pass  # no registered model or no alias yet
     client.log_artifacts(run_id, result.model_path, "model")
-    name = f"intern-{goal.name}"
     try:
         client.create_registered_model(name, tags={TAG_GOAL: goal.goal_id()})
     except mlflow.exceptions.MlflowException:

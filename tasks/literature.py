@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from mlintern import literature
@@ -8,6 +8,7 @@ from mlintern.planners.base import PaperDigest
 from mlintern.schemas import Goal
 from mlintern.settings import get_settings
 from mlintern.tracking import ensure_experiment, log_literature
+from tasks import run_logger
 
 
 @task(name="gather-literature", cache_policy=NO_CACHE, retries=0, timeout_seconds=900)
@@ -19,6 +20,6 @@ def gather_literature(goal: Goal, planner) -> list[PaperDigest]:
     result = literature.gather_literature(goal, llm, settings.work_dir.resolve() / "literature",
                                           base_url=settings.arxiv_url)
     if result.error:
-        get_run_logger().warning(result.error)
+        run_logger().warning(result.error)
     log_literature(ensure_experiment(goal), goal, result.query, result.digests, result.error)
     return result.digests

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ctypes
 import os
 import signal
 import subprocess
@@ -9,11 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-from prefect import get_run_logger, task
+from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from mlintern.schemas import Failure, FailureKind
 from mlintern.settings import get_settings
+from tasks import run_logger
 from mlintern.training.failures import classify
 from mlintern.training.job import TrainJob, TrainOutcome
 
@@ -23,7 +25,10 @@ def training_command(job_path: Path, outcome_path: Path, faults: str | None) -> 
     args = ["-m", "mlintern.training.runner", str(job_path), str(outcome_path), faults or ""]
     config = os.environ.get("INTERN_ACCELERATE_CONFIG")
     if config:
-        return [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config, *args]
+        launch = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", config]
+        if os.environ.get("INTERN_ACCELERATE_NUM_PROCESSES"):  # one GPU per process on this host
+            launch += ["--num_processes", os.environ["INTERN_ACCELERATE_NUM_PROCESSES"]]
+        return [*launch, *args]
     return [sys.executable, *args]
 
 
@@ -31,7 +36,7 @@ def training_command(job_path: Path, outcome_path: Path, faults: str | None) -> 
 def train(job: TrainJob, mlflow_run_id: str, tracking_uri: str, timeout_s: float) -> TrainOutcome:
     """Train in a child process. Failures come back as a classified TrainOutcome, not an exception,
     so the controller can diagnose and retry with a changed plan."""
-    logger = get_run_logger()
+    logger = run_logger()
     out = Path(job.output_dir)
     out.mkdir(parents=True, exist_ok=True)
     job_path, outcome_path, log_path = out / "job.json", out / "outcome.json", out / "train.log"
@@ -44,7 +49,7 @@ def train(job: TrainJob, mlflow_run_id: str, tracking_uri: str, timeout_s: float
     start = time.time()
     with open(log_path, "wb") as log_file:
         proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=_die_with_parent)
         try:
             code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
@@ -67,6 +72,15 @@ def train(job: TrainJob, mlflow_run_id: str, tracking_uri: str, timeout_s: float
         logger.warning("plan %s failed (%s): %s", job.plan.plan_id(), outcome.failure.kind.value,
                        outcome.failure.message[:300])
     return outcome
+
+
+def _die_with_parent() -> None:
+    """Linux: the training process is SIGKILLed when the controller dies, so a killed and
+    restarted controller never races an orphan still writing to the same run."""
+    try:
+        ctypes.CDLL("libc.so.6", use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+    except OSError:
+        pass
 
 
 def _tail(path: Path, n: int = 6000) -> str:

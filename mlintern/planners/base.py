@@ -34,6 +34,7 @@ class PlanningContext(BaseModel):
     failure: Failure | None = None
     failure_plan: ExperimentPlan | None = None
     pending: list[ExperimentPlan] = Field(default_factory=list, description="Planned, not yet finished.")
+    eval_files: list[str] = Field(default_factory=list, description="Dev/test files no plan may train on.")
 
     def seen_plan_ids(self) -> set[str]:
         return {r.plan_id for r in self.history} | {p.plan_id() for p in self.pending}
@@ -67,11 +68,28 @@ def validate_plan(plan: ExperimentPlan, ctx: PlanningContext) -> ExperimentPlan:
     lo, hi = space.num_examples
     if plan.dataset.num_examples > hi * 4:
         problems.append(f"dataset.num_examples: {plan.dataset.num_examples} exceeds {hi * 4}")
+    if plan.dataset.source.startswith("hf:") and _touches(plan.dataset.source[3:], ctx.eval_files):
+        problems.append(f"dataset.source: {plan.dataset.source!r} is evaluation data; plans may not train on it")
     if plan.plan_id() in ctx.seen_plan_ids():
         problems.append(f"plan {plan.plan_id()} was already run; change the data or hyperparameters")
     if problems:
         raise PlanRejected("; ".join(problems))
     return plan
+
+
+def _touches(source: str, eval_files: list[str]) -> bool:
+    """True if a local dataset path is, or contains, one of the evaluation files."""
+    from pathlib import Path
+
+    path = Path(source).expanduser()
+    if not path.exists():
+        return False
+    path = path.resolve()
+    for f in eval_files:
+        ef = Path(f).resolve()
+        if path == ef or path in ef.parents or ef.parent == path.parent:
+            return True
+    return False
 
 
 def make_planner(goal: Goal) -> Planner:

@@ -29,6 +29,8 @@ def fix_plan(plan: ExperimentPlan, failure: Failure) -> ExperimentPlan:
             raise ValueError("the benchmark's own training data is bad: fix the benchmark definition")
         data = data.model_copy(update={"source": "benchmark", "column_map": {}, "hf_config": None})
         note = "switched to the benchmark's own generator after bad data"
+    elif failure.kind == FailureKind.disk_full:
+        raise ValueError("disk full: no plan change frees space; free disk under INTERN_WORK_DIR and resume")
     elif failure.kind == FailureKind.timeout:
         hp.max_steps = max(1, hp.max_steps // 2)
         hp.max_length = max(64, hp.max_length // 2)

@@ -72,7 +72,10 @@ class SearchPlanner:
 
     def propose(self, ctx: PlanningContext) -> ExperimentPlan:
         if ctx.failure is not None and ctx.failure_plan is not None:
-            return validate_plan(fix_plan(ctx.failure_plan, ctx.failure), ctx)
+            try:
+                return validate_plan(fix_plan(ctx.failure_plan, ctx.failure), ctx)
+            except (ValueError, PlanRejected) as exc:  # nothing left to fix: plan afresh
+                log.warning("no rule fixes plan %s (%s); sampling a new plan", ctx.failure_plan.plan_id(), exc)
         space = ctx.goal.search_space
         dists = distributions(space)
         for attempt in range(20):

@@ -7,6 +7,7 @@ import re
 from mlintern.schemas import Failure, FailureKind
 
 _PATTERNS: list[tuple[FailureKind, re.Pattern]] = [
+    (FailureKind.disk_full, re.compile(r"No space left on device|ENOSPC|Disk quota exceeded", re.I)),
     (FailureKind.oom, re.compile(r"out of memory|OutOfMemoryError|CUBLAS_STATUS_ALLOC_FAILED|std::bad_alloc|Killed", re.I)),
     (FailureKind.nan, re.compile(r"\bnan\b|\binf\b|diverged|DivergenceError", re.I)),
     (FailureKind.bad_data, re.compile(r"KeyError|column|DatasetGenerationError|ArrowInvalid|JSONDecodeError|"

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import math
+import os
+import signal
 import sys
 import time
 import traceback
@@ -42,6 +44,8 @@ class FaultInjector:
                     )
 
             def on_step_end(self, args, state, control, model=None, **kwargs):
+                if faults.get("die_at_step") is not None and state.global_step >= int(faults["die_at_step"]):
+                    os.kill(os.getpid(), signal.SIGKILL)  # a worker dying mid-run, with no goodbye
                 lr_cap = faults.get("nan_above_lr")
                 if lr_cap is not None and hp.learning_rate > float(lr_cap) and model is not None:
                     import torch
@@ -66,21 +70,33 @@ def build_trainer(job: TrainJob, callbacks: list):
     return build_grpo_trainer(job, callbacks)
 
 
-def save_model(trainer, out: Path) -> None:
-    """Save a full model (LoRA adapters merged) so evaluation and the next plan load it alike."""
+def save_model(trainer, out: Path, faults: dict | None = None) -> None:
+    """Save a full model (LoRA adapters merged) so evaluation and the next plan load it alike.
+    Under DDP/FSDP every rank joins the gather; only rank 0 writes and publishes the folder."""
+    if faults and faults.get("disk_full_on_save"):
+        import errno
+
+        raise OSError(errno.ENOSPC, f"No space left on device: '{out}' (injected)")
+    tmp = out.with_suffix(".partial")
     model = trainer.model
     if hasattr(model, "merge_and_unload"):
-        model = model.merge_and_unload()
-    tmp = out.with_suffix(".partial")
-    model.save_pretrained(tmp)
-    tok = getattr(trainer, "processing_class", None)
-    if tok is not None:
-        getattr(tok, "tokenizer", tok).save_pretrained(tmp)
-    tmp.rename(out)
+        if trainer.is_world_process_zero():
+            model.merge_and_unload().save_pretrained(tmp)
+    else:
+        trainer.save_model(str(tmp))  # gathers sharded (FSDP) weights on every rank
+    trainer.accelerator.wait_for_everyone()
+    if trainer.is_world_process_zero():
+        tok = getattr(trainer, "processing_class", None)
+        if tok is not None:
+            getattr(tok, "tokenizer", tok).save_pretrained(tmp)
+        for junk in ("training_args.bin",):
+            (tmp / junk).unlink(missing_ok=True)
+        tmp.rename(out)
 
 
 def run(job: TrainJob, faults: dict | None = None) -> TrainOutcome:
-    guard = DivergenceGuard()
+    # GRPO's loss starts near 0 (it is KL-dominated), so only NaN/inf count as divergence there.
+    guard = DivergenceGuard(factor=math.inf) if job.plan.method == Method.grpo else DivergenceGuard()
     callbacks = [guard] + ([FaultInjector(faults, job)] if faults else [])
     start = time.time()
     trainer = build_trainer(job, callbacks)
@@ -88,7 +104,7 @@ def run(job: TrainJob, faults: dict | None = None) -> TrainOutcome:
     if guard.reason:
         raise DivergenceError(f"training stopped early: {guard.reason}")
     out = Path(job.output_dir) / "model"
-    save_model(trainer, out)
+    save_model(trainer, out, faults)
     return TrainOutcome(
         status="succeeded", model_dir=str(out), final_loss=guard.last_loss,
         steps=int(result.global_step), train_seconds=time.time() - start,
@@ -109,7 +125,8 @@ def main(argv: list[str]) -> int:
         traceback.print_exc()
         outcome = TrainOutcome(status="failed", failure=classify(exc, traceback.format_exc()))
         code = 1
-    outcome_path.write_text(outcome.model_dump_json())
+    if int(os.environ.get("RANK", "0")) == 0:  # one outcome file, from rank 0
+        outcome_path.write_text(outcome.model_dump_json())
     return code
 
 
