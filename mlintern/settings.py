@@ -35,6 +35,7 @@ class Settings(BaseSettings):
     work_dir: Path = Path(".intern")
     models_dir: Path | None = None  # where builtin models are converted; default <work_dir>/models
     tracking_uri: str = "sqlite:///mlflow.db"
+    artifact_root: str | None = None  # e.g. s3://bucket/intern or a shared folder (scale-out)
     llm_model: str | None = None
     llm_api_base: str | None = None
     llm_api_key: SecretStr | None = None

@@ -43,9 +43,24 @@ def ensure_experiment(goal: Goal) -> str:
     if exp is not None:
         return exp.experiment_id
     try:
-        return mlflow.create_experiment(name, tags={TAG_GOAL: goal.goal_id(), "intern.goal": goal.model_dump_json()})
+        return mlflow.create_experiment(name, artifact_location=_artifact_location(),
+                                        tags={TAG_GOAL: goal.goal_id(), "intern.goal": goal.model_dump_json()})
     except mlflow.exceptions.MlflowException:  # created concurrently by another process
         return mlflow.get_experiment_by_name(name).experiment_id
+
+
+def _artifact_location() -> str | None:
+    """Artifacts beside a SQLite store (not in whatever folder the process started in);
+    a tracking server decides for itself (None)."""
+    settings = get_settings()
+    if settings.artifact_root:
+        return settings.artifact_root
+    uri = settings.resolved_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        from pathlib import Path
+
+        return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+    return None
 
 
 def flatten(prefix: str, value: Any) -> dict[str, str]:

@@ -1,6 +1,7 @@
 """The controller flow end to end: real Prefect flow runs, real trl, real lm-eval, real MLflow."""
 
 import json
+import re
 
 import mlflow
 import pytest
@@ -19,9 +20,18 @@ def runs_of(goal, kind):
                                       order_by=["attributes.start_time ASC"])
 
 
-def test_loop_with_search_planner_records_everything(intern_env, prefect_harness, smol_model):
-    goal = tiny_goal(name="search-loop", budget={"max_experiments": 2})
-    report = research_loop(goal)
+def test_loop_with_search_planner_records_everything(intern_env, prefect_harness, smol_model, monkeypatch):
+    """Also: arXiv is down (503) and the loop goes on without literature, saying so."""
+    from tests.standins.arxiv_server import ArxivStandIn
+
+    with ArxivStandIn(status=503) as arxiv:
+        monkeypatch.setenv("INTERN_ARXIV_URL", arxiv.base_url)
+        get_settings.cache_clear()
+        goal = tiny_goal(name="search-loop", budget={"max_experiments": 2}, use_literature=True)
+        report = research_loop(goal)
+    assert arxiv.queries, "arXiv was tried"
+    lit = runs_of(goal, "literature")[0]
+    assert "arXiv unreachable" in lit.data.tags["intern.literature_error"]
 
     assert report.planner == "optuna-tpe"
     assert len(report.experiments) == 2 and "experiment budget" in report.stop_reason
@@ -108,6 +118,13 @@ def test_loop_with_llm_planner_repairs_output_and_recovers_from_oom_and_nan(
     assert [r.info.status for r in runs].count("FAILED") == 2
     assert "2501.19393" in {r.data.tags.get("intern.cited_papers") for r in runs}
     assert report.planner == "llm:openai/stand-in"
+    assert all(r.headers.get("authorization") == "Bearer sk-test-loop-key" for r in server.requests)
+
+    # Secrets scan: the key reached the LLM server, and nowhere else the loop writes.
+    from tests.secret_scan import scan_files, scan_prefect
+
+    assert scan_files("sk-test-loop-key", [intern_env]) == []
+    assert scan_prefect("sk-test-loop-key") == []
 
 
 def nan2_ok(nan, fixed2) -> bool:
@@ -119,3 +136,62 @@ def test_bad_goal_is_rejected_before_any_work(intern_env, prefect_harness):
         research_loop({"name": "x", "budget": {"max_experiments": -1}})
     assert "max_experiments" in str(err.value)
     assert mlflow.get_experiment_by_name("intern-x") is None
+
+
+def test_secret_scan_finds_a_planted_secret(intern_env, prefect_harness):
+    """The scan above would catch a leak: plant the key in MLflow and in a Prefect artifact."""
+    from prefect import flow
+    from prefect.artifacts import create_markdown_artifact
+
+    from tests.secret_scan import scan_files, scan_prefect
+
+    client = MlflowClient()
+    run = client.create_run(client.create_experiment("planted"))
+    client.log_param(run.info.run_id, "api_key", "sk-planted-secret-123")
+
+    @flow
+    def leaky():
+        create_markdown_artifact(markdown="key: sk-planted-secret-123", key="leak")
+
+    leaky()
+    assert scan_files("sk-planted-secret-123", [intern_env]), "found in the MLflow store"
+    assert "prefect artifact leak" in scan_prefect("sk-planted-secret-123")
+
+
+def test_loop_reads_papers_and_plans_cite_them(intern_env, prefect_harness, smol_model, monkeypatch):
+    """arXiv (stand-in Atom feed through the arxiv client) -> LLM digests -> the planner's prompt
+    -> a plan whose rationale cites the paper ids and names its data recipe, visible in MLflow."""
+    from tests.standins.arxiv_server import ArxivStandIn
+
+    monkeypatch.setenv("INTERN_LLM_API_KEY", "sk-test-lit")
+    digest = json.dumps({"technique": "Group-relative policy optimisation on math answers.",
+                         "reported_gains": "GSM8K +5 points", "hyperparameters": "lr 1e-6, group 64",
+                         "relevance": 0.9})
+
+    def answer(request):
+        prompt = request.json["messages"][-1]["content"]
+        if "Digest one arXiv paper" in request.json["messages"][0]["content"] + prompt:
+            return digest
+        cited = sorted(set(re.findall(r"\[(\d{4}\.\d{4,5})\]", prompt)))
+        answer.seen_literature = cited
+        return json.dumps({**json.loads(plan_json(papers=cited[:2])),
+                           "rationale": f"Following {', '.join(cited[:2])}: SFT on fresh generator data first."})
+
+    answer.seen_literature = []
+    with ArxivStandIn("post_training.xml") as arxiv, OpenAIStandIn(answer) as llm:
+        monkeypatch.setenv("INTERN_ARXIV_URL", arxiv.base_url)
+        get_settings.cache_clear()
+        goal = tiny_goal(name="lit-loop", planner="llm", llm_model="openai/stand-in", llm_api_base=llm.api_base,
+                         use_literature=True, budget={"max_experiments": 1})
+        report = research_loop(goal)
+    assert arxiv.queries, "the arxiv client queried the stand-in"
+    assert len(answer.seen_literature) >= 2, "digested papers reached the planner's prompt"
+    run = runs_of(goal, "experiment")[0]
+    note = run.data.tags["mlflow.note.content"]
+    for paper in answer.seen_literature[:2]:
+        assert paper in note and paper in run.data.tags["intern.cited_papers"]
+    assert '"source":"benchmark"' in note.replace(" ", ""), "the data recipe is in the run"
+    lit = runs_of(goal, "literature")[0]
+    digests = json.loads(mlflow.artifacts.load_text(f"runs:/{lit.info.run_id}/digests.json"))
+    assert {d["paper_id"] for d in digests} >= set(answer.seen_literature[:2])
+    assert report.experiments[0].plan.cited_papers == answer.seen_literature[:2]
