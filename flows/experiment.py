@@ -7,10 +7,13 @@ in MLflow, so nothing is lost if the controller dies meanwhile.
 
 from __future__ import annotations
 
+import os
 import time
 import traceback
+from contextlib import nullcontext
 
 from prefect import flow, get_run_logger
+from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from mlintern.schemas import ExperimentPlan, ExperimentResult, Goal
@@ -22,6 +25,15 @@ from tasks.data import build_data
 from tasks.evaluate import evaluate
 from tasks.setup import prepare
 from tasks.train import train
+
+
+def gpu_slot():
+    """Hold this worker's GPU slot (global concurrency limits `gpu` and `gpu-<id>`, made by
+    deployments/setup.sh) so no GPU runs two jobs; a no-op where no GPU id is assigned."""
+    gid = os.environ.get("INTERN_GPU_ID")
+    if not gid:
+        return nullcontext()
+    return concurrency(["gpu", f"gpu-{gid}"], occupy=1, strict=False)
 
 
 @flow(name="experiment", log_prints=True, validate_parameters=True)
@@ -43,16 +55,17 @@ def experiment(
         job = TrainJob(plan=plan, model_path=init_model, data_path=built.path, output_dir=str(out_dir),
                        device=goal.device, seed=goal.seed, benchmark_kind=goal.benchmark.kind,
                        benchmark_metric=bench.metric)
-        outcome = train(job, run_id, tracking_uri, timeout_s or settings.train_timeout_s)
-        result.train_seconds = outcome.train_seconds
-        result.train_loss = outcome.final_loss
-        result.failure = outcome.failure
-        if outcome.status == "succeeded":
-            start = time.time()
-            result.dev = evaluate(outcome.model_dir, bench, "dev", goal.device)
-            result.eval_seconds = time.time() - start
-            result.model_path = outcome.model_dir
-            result.status = "succeeded"
+        with gpu_slot():
+            outcome = train(job, run_id, tracking_uri, timeout_s or settings.train_timeout_s)
+            result.train_seconds = outcome.train_seconds
+            result.train_loss = outcome.final_loss
+            result.failure = outcome.failure
+            if outcome.status == "succeeded":
+                start = time.time()
+                result.dev = evaluate(outcome.model_dir, bench, "dev", goal.device)
+                result.eval_seconds = time.time() - start
+                result.model_path = outcome.model_dir
+                result.status = "succeeded"
     except Exception as exc:  # bad data, a dead evaluation: recorded, never fatal to the loop
         logger.error("experiment %s failed: %s", plan_id, exc)
         result.failure = classify(exc, traceback.format_exc())

@@ -6,6 +6,7 @@ killed at any point and started again for the same goal picks up where it stoppe
 
 from __future__ import annotations
 
+import contextvars
 import time
 from concurrent.futures import ThreadPoolExecutor
 
@@ -114,7 +115,10 @@ def run_experiments(goal: Goal, plans: list[ExperimentPlan], state: LoopState,
         from flows.dispatch import dispatch_experiment
 
         with ThreadPoolExecutor(max_workers=len(plans)) as pool:
-            return list(pool.map(lambda p: dispatch_experiment(goal, p, init_model(p), timeout), plans))
+            # copy the Prefect run context so dispatched runs are linked as this flow's subflows
+            futures = [pool.submit(contextvars.copy_context().run, dispatch_experiment, goal, p, init_model(p), timeout)
+                       for p in plans]
+            return [f.result() for f in futures]
     return [experiment(goal, plan, init_model(plan), timeout) for plan in plans]
 
 

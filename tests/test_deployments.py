@@ -420,9 +420,7 @@ def run_loop_from_ui(tmp_path: Path, tracking_uri: str, prefect_db: str | None =
         host = names and next(iter(names)).rsplit("-", 1)[0]
         assert names == {f"{host}-0", f"{host}-1"}, f"both GPU workers must get one experiment: {names}"
         assert all(r["work_queue_name"] == "default" and r["idempotency_key"] for r in runs)
-        # Not yet asserted: r["parent_task_run_id"] (linked as subflows of the controller). The
-        # controller's ThreadPoolExecutor does not carry Prefect's run context into its threads,
-        # so run_deployment(as_subflow=True) creates unlinked runs.
+        assert all(r["parent_task_run_id"] for r in runs), "dispatched runs are the controller's subflows"
 
         client = MlflowClient(tracking_uri)
         exp = next(e for e in client.search_experiments() if e.name.startswith("intern-deploy-e2e-"))
