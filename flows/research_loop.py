@@ -43,13 +43,14 @@ class IntegrityError(RuntimeError):
 @flow(name="research-loop", log_prints=True, validate_parameters=True)
 def research_loop(goal: Goal) -> LoopReport:
     logger = get_run_logger()
+    started = time.time()
     experiment_id = ensure_experiment(goal)
     bench = prepare(goal.benchmark)
     fingerprint = bench.fingerprint()
     base_model = resolve(goal.base_model)
     baseline = get_or_log_baseline(experiment_id, goal, "dev",
                                    lambda: evaluate(base_model, bench, "dev", goal.device))
-    state = LoopState(goal=goal, baseline=baseline)
+    state = LoopState(goal=goal, baseline=baseline, started=started)
     for result in load_history(experiment_id):  # resume: finished plans are never re-run
         state.record(result)
     if state.history:
