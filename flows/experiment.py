@@ -16,6 +16,7 @@ from prefect import flow, get_run_logger
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
+from mlintern.llm import LLMClient
 from mlintern.schemas import ExperimentPlan, ExperimentResult, Goal
 from mlintern.settings import get_settings
 from mlintern.tracking import ensure_experiment, finish_experiment_run, init_tracking, start_experiment_run
@@ -25,6 +26,16 @@ from tasks.data import build_data
 from tasks.evaluate import evaluate
 from tasks.setup import prepare
 from tasks.train import train
+
+
+def _column_mapper(goal: Goal) -> LLMClient | None:
+    """The LLM that proposes hub column maps, when one is configured (its spend is capped
+    per experiment at the goal's LLM budget)."""
+    model = goal.llm_model or get_settings().llm_model
+    if not model or goal.planner in ("search", "random"):
+        return None
+    return LLMClient(model=model, api_base=goal.llm_api_base or get_settings().llm_api_base,
+                     budget_dollars=goal.budget.llm_dollars)
 
 
 def gpu_slot():
@@ -50,7 +61,7 @@ def experiment(
     result = ExperimentResult(plan_id=plan_id, plan=plan, status="failed", mlflow_run_id=run_id)
     try:
         bench = prepare(goal.benchmark)
-        built = build_data(plan, bench, settings.work_dir.resolve(), run_id)
+        built = build_data(plan, bench, settings.work_dir.resolve(), run_id, _column_mapper(goal))
         result.decontaminated = built.removed_contaminated
         job = TrainJob(plan=plan, model_path=init_model, data_path=built.path, output_dir=str(out_dir),
                        device=goal.device, seed=goal.seed, benchmark_kind=goal.benchmark.kind,
