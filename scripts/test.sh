@@ -5,5 +5,4 @@ cd "$(dirname "$0")/.."
 bash scripts/install.sh
 . .venv/bin/activate
 . scripts/env.sh
-export HF_HOME=${HF_HOME:-$(pwd)/.intern/hf-home}
 python -m pytest "$@"
