@@ -21,6 +21,7 @@ from mlintern.loop import LoopState
 from mlintern.planners import PlanningContext, make_planner
 from mlintern.planners.base import PaperDigest
 from mlintern.report import render_report
+from mlintern.selection import beats
 from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Goal, LoopReport
 from mlintern.settings import get_settings
 from mlintern.tracking import (
@@ -29,6 +30,7 @@ from mlintern.tracking import (
     load_history,
     log_report,
     register_champion,
+    update_result,
 )
 from tasks.evaluate import evaluate
 from tasks.literature import gather_literature
@@ -72,6 +74,8 @@ def research_loop(goal: Goal) -> LoopReport:
             state.llm_exhausted = True
             continue
         for result in run_experiments(goal, plans, state, base_model):
+            if state.needs_confirmation(result) and bench.confirm_task:
+                confirm(result, state, bench, base_model, experiment_id)
             promoted = state.record(result)
             if promoted:
                 register_champion(goal, result)
@@ -121,6 +125,24 @@ def run_experiments(goal: Goal, plans: list[ExperimentPlan], state: LoopState,
                        for p in plans]
             return [f.result() for f in futures]
     return [experiment(goal, plan, init_model(plan), timeout) for plan in plans]
+
+
+def confirm(result: ExperimentResult, state: LoopState, bench: PreparedBenchmark, base_model: str,
+            experiment_id: str) -> None:
+    """Re-evaluate a promising candidate on a second dev set drawn with another seed: it is
+    promoted only if it beats the champion there too (dev-set selection is optimistic)."""
+    goal = state.goal
+    if state.champion is not None:
+        champion = state.champion.confirm or evaluate(state.champion.model_path, bench, "confirm", goal.device)
+    else:
+        champion = get_or_log_baseline(experiment_id, goal, "confirm",
+                                       lambda: evaluate(base_model, bench, "confirm", goal.device))
+    result.confirm = evaluate(result.model_path, bench, "confirm", goal.device)
+    result.confirmed = beats(result.confirm, champion, goal.stop.noise_z)
+    if not result.confirmed:
+        print(f"plan {result.plan_id} beat the champion on dev ({result.dev.value:.4f}) but not on the "
+              f"confirmation set ({result.confirm.value:.4f} vs {champion.value:.4f}): not promoted")
+    update_result(result)
 
 
 @task(name="check-integrity", cache_policy=NO_CACHE)

@@ -38,10 +38,15 @@ class LoopState:
     def wall_left_s(self) -> float:
         return self.goal.budget.wall_time_minutes * 60 - (time.time() - self.started)
 
+    def needs_confirmation(self, result: ExperimentResult) -> bool:
+        """A candidate that beats the champion on dev is checked on the confirmation set."""
+        return (result.status == "succeeded" and result.dev is not None and result.confirmed is None
+                and beats(result.dev, self.best, self.goal.stop.noise_z))
+
     def record(self, result: ExperimentResult) -> bool:
         """Add a finished experiment; returns True if it became the champion."""
         self.history.append(result)
-        if result.status == "succeeded" and result.dev is not None and beats(
+        if result.status == "succeeded" and result.dev is not None and result.confirmed is not False and beats(
             result.dev, self.best, self.goal.stop.noise_z
         ):
             self.champion = result

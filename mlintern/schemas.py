@@ -71,6 +71,12 @@ class BenchmarkSpec(_Model):
     test_size: int = Field(80, ge=5, le=100_000)
     dev_seed: int = 1_000_001
     test_seed: int = 2_000_002
+    confirm_seed: int | None = Field(
+        3_000_003,
+        description="reasoning_gym: a second dev set from another seed range. A candidate that beats "
+        "the champion on dev is promoted only if it also beats it there (guards against dev overfitting). "
+        "None disables it.",
+    )
     max_gen_toks: int = Field(24, ge=1, le=4096)
     apply_chat_template: bool = True
 
@@ -85,8 +91,9 @@ class BenchmarkSpec(_Model):
 
     @model_validator(mode="after")
     def _disjoint_seeds(self) -> "BenchmarkSpec":
-        if self.dev_seed == self.test_seed:
-            raise ValueError("benchmark.dev_seed and benchmark.test_seed must differ (disjoint sets)")
+        seeds = [self.dev_seed, self.test_seed] + ([self.confirm_seed] if self.confirm_seed is not None else [])
+        if len(set(seeds)) != len(seeds):
+            raise ValueError("benchmark.dev_seed, test_seed and confirm_seed must differ (disjoint sets)")
         return self
 
 
@@ -261,6 +268,8 @@ class ExperimentResult(_Model):
     plan: ExperimentPlan
     status: Literal["succeeded", "failed"]
     dev: EvalScore | None = None
+    confirm: EvalScore | None = Field(None, description="Score on the confirmation dev set, if checked.")
+    confirmed: bool | None = Field(None, description="False: beat the champion on dev but not on confirmation.")
     model_path: str | None = None
     mlflow_run_id: str | None = None
     failure: Failure | None = None

@@ -143,6 +143,17 @@ def finish_experiment_run(run_id: str, result: ExperimentResult) -> None:
     client.set_terminated(run_id, "FINISHED" if result.status == "succeeded" else "FAILED")
 
 
+def update_result(result: ExperimentResult) -> None:
+    """Rewrite a finished run's result after the controller's confirmation check."""
+    client = MlflowClient()
+    run_id = result.mlflow_run_id
+    if result.confirm is not None:
+        client.log_metric(run_id, "confirm_score", result.confirm.value)
+    if result.confirmed is not None:
+        client.set_tag(run_id, "intern.confirmed", str(result.confirmed).lower())
+    client.log_text(run_id, result.model_dump_json(indent=2), RESULT_ARTIFACT)
+
+
 def load_history(experiment_id: str) -> list[ExperimentResult]:
     """Finished experiments of this goal, oldest first. Unfinished attempts (a killed
     controller or worker) are skipped: their plan is re-run if it is planned again."""

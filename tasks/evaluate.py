@@ -10,11 +10,9 @@ from mlintern.settings import get_settings
 
 @task(name="evaluate", retries=1, retry_delay_seconds=5, timeout_seconds=4 * 3600)
 def evaluate(model_path: str, bench: PreparedBenchmark, split: str, device: str = "auto") -> EvalScore:
-    """lm-eval on the benchmark's dev or held-out test task. Retried once: a transient
+    """lm-eval on the benchmark's dev, confirmation or held-out test task. Retried once: a transient
     failure (a busy GPU, a flaky data read) should not cost an experiment."""
-    if split not in ("dev", "test"):
-        raise ValueError(f"split must be 'dev' or 'test', not {split!r}")
-    task_name = bench.dev_task if split == "dev" else bench.test_task
+    task_name = bench.task_for(split)
     score, _ = evaluate_model(
         model_path, task_name, bench.metric, bench.include_path, device=device,
         batch_size=get_settings().eval_batch_size, apply_chat_template=bench.spec.apply_chat_template,

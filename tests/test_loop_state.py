@@ -59,3 +59,15 @@ def test_failed_plans_are_retried_a_bounded_number_of_times():
     state.record(third)
     assert state.pending_failure() is None, "gave up on the lineage after 2 retries"
     assert state.since_improvement == 0, "failures spend budget, not patience"
+
+
+def test_candidate_that_fails_confirmation_is_not_promoted():
+    state = LoopState(goal=Goal(stop={"patience": 3, "noise_z": 1.0}), baseline=score(0.10))
+    candidate = result(0.50, lr=1e-4)
+    assert state.needs_confirmation(candidate)
+    candidate.confirm, candidate.confirmed = score(0.12), False  # dev luck, not a real gain
+    assert not state.record(candidate) and state.champion is None
+    confirmed = result(0.50, lr=2e-4)
+    confirmed.confirm, confirmed.confirmed = score(0.45), True
+    assert state.record(confirmed) and state.champion is confirmed
+    assert not state.needs_confirmation(result(0.52, lr=3e-4)), "within noise of the new champion"

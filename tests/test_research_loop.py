@@ -49,14 +49,19 @@ def test_loop_with_search_planner_records_everything(intern_env, prefect_harness
     assert "Held-out test: base vs champion" in mlflow.artifacts.load_text(
         f"runs:/{report_run.info.run_id}/report.md")
 
-    # The champion is the best dev score that beat the base model (noise_z=0 in tiny_goal).
-    better = [r for r in report.experiments if r.dev.value > report.baseline_dev.value]
+    # The champion is the best dev score among candidates that beat the then-champion on dev AND
+    # on the confirmation set (noise_z=0 in tiny_goal); a dev-only win is recorded, not promoted.
+    better = [r for r in report.experiments if r.confirmed]
+    assert all(r.confirm is not None for r in report.experiments if r.confirmed is not None)
     if better:
         best = max(better, key=lambda r: r.dev.value)
         assert report.champion_dev.value == best.dev.value
         version = MlflowClient().get_model_version_by_alias("intern-search-loop", "champion")
         assert version.run_id == next(r for r in report.experiments if r.plan_id == report.champion_plan_id).mlflow_run_id
         assert report.champion_test is not None
+        champion = next(r for r in report.experiments if r.plan_id == report.champion_plan_id)
+        assert champion.confirmed is True and champion.confirm.n == 12, "checked on the second dev set"
+        assert "confirm_score" in MlflowClient().get_run(champion.mlflow_run_id).data.metrics
     else:
         assert report.champion_plan_id is None and report.champion_test is None
 

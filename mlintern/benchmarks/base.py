@@ -22,10 +22,23 @@ class PreparedBenchmark(BaseModel):
     metric: str
     dev_file: str | None = None
     test_file: str | None = None
+    confirm_task: str | None = Field(None, description="A second dev set (another seed), if the benchmark has one.")
+    confirm_file: str | None = None
     prompt_suffix: str = ""
 
+    def eval_splits(self) -> dict[str, str]:
+        """split -> data file of every evaluation set (training data must avoid all of them)."""
+        files = {"dev": self.dev_file, "test": self.test_file, "confirm": self.confirm_file}
+        return {split: path for split, path in files.items() if path}
+
     def eval_files(self) -> list[Path]:
-        return [Path(p) for p in (self.dev_file, self.test_file) if p]
+        return [Path(p) for p in self.eval_splits().values()]
+
+    def task_for(self, split: str) -> str:
+        tasks = {"dev": self.dev_task, "test": self.test_task, "confirm": self.confirm_task}
+        if not tasks.get(split):
+            raise ValueError(f"benchmark {self.spec.name} has no {split!r} task")
+        return tasks[split]
 
     def fingerprint(self) -> str:
         """Hash of the evaluation data and task definitions (checked before the final report)."""

@@ -84,7 +84,10 @@ def prepare(spec: BenchmarkSpec, work_dir: Path) -> PreparedBenchmark:
     out = work_dir / "benchmarks" / key
     out.mkdir(parents=True, exist_ok=True)
     files = {}
-    for split, size, seed in (("dev", spec.dev_size, spec.dev_seed), ("test", spec.test_size, spec.test_seed)):
+    splits = [("dev", spec.dev_size, spec.dev_seed), ("test", spec.test_size, spec.test_seed)]
+    if spec.confirm_seed is not None:
+        splits.append(("confirm", spec.dev_size, spec.confirm_seed))
+    for split, size, seed in splits:
         path = out / f"{split}.jsonl"
         if not path.exists():
             _write_jsonl(path, make_items(spec.name, dict(spec.task_config), size, seed))
@@ -98,5 +101,7 @@ def prepare(spec: BenchmarkSpec, work_dir: Path) -> PreparedBenchmark:
     return PreparedBenchmark(
         spec=spec, include_path=str(out), dev_task=f"{key}_dev", test_task=f"{key}_test",
         metric="score", dev_file=str(files["dev"]), test_file=str(files["test"]),
+        confirm_task=f"{key}_confirm" if "confirm" in files else None,
+        confirm_file=str(files["confirm"]) if "confirm" in files else None,
         prompt_suffix=PROMPT_SUFFIX,
     )

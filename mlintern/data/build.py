@@ -110,7 +110,10 @@ def free_seed_start(preferred: int, count: int, taken: list[tuple[int, int]]) ->
 
 def eval_seed_ranges(benchmark: PreparedBenchmark) -> list[tuple[int, int]]:
     spec = benchmark.spec
-    return [(spec.dev_seed, spec.dev_seed + spec.dev_size), (spec.test_seed, spec.test_seed + spec.test_size)]
+    ranges = [(spec.dev_seed, spec.dev_seed + spec.dev_size), (spec.test_seed, spec.test_seed + spec.test_size)]
+    if spec.confirm_seed is not None:
+        ranges.append((spec.confirm_seed, spec.confirm_seed + spec.dev_size))
+    return ranges
 
 
 # ----------------------------------------------------------------------------- public
@@ -123,9 +126,8 @@ def build_training_data(recipe: DatasetRecipe, method: Method, benchmark: Prepar
     method = Method(method)
     work_dir = Path(work_dir)
     eval_sets = {}
-    for split, path in (("dev", benchmark.dev_file), ("test", benchmark.test_file)):
-        if path:
-            eval_sets[split] = read_jsonl(path)
+    for split, path in benchmark.eval_splits().items():
+        eval_sets[split] = read_jsonl(path)
     if not eval_sets:
         log.warning("benchmark %s has no dev/test data files: training data is NOT decontaminated",
                     benchmark.spec.name)

@@ -277,7 +277,7 @@ def read_jsonl(path: str | Path) -> list[dict]:
 def benchmark_eval_sets(benchmark) -> dict[str, list[dict]]:
     """{"dev": rows, "test": rows} of a PreparedBenchmark's data files (missing files skipped)."""
     sets = {}
-    for split, path in (("dev", benchmark.dev_file), ("test", benchmark.test_file)):
+    for split, path in benchmark.eval_splits().items():
         if path:
             if not Path(path).exists():
                 raise FileNotFoundError(f"benchmark {split} file {path} is missing: prepare the benchmark again")
