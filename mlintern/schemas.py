@@ -203,6 +203,11 @@ class Hyperparameters(_Model):
     warmup_ratio: float = Field(0.0, ge=0, le=0.5)
     weight_decay: float = Field(0.0, ge=0, le=1)
     lora: bool = False
+    packing: bool = Field(
+        False,
+        description="SFT: pack sequences (padding-free; flex attention on GPU). Batch size then counts "
+        "rows of packed tokens. 2.3x tokens/s on a 1.7B model on H200 (bench/RESULTS.md).",
+    )
     lora_r: int = Field(16, ge=1, le=1024)
     lora_alpha: int = Field(32, ge=1, le=4096)
     beta: float = Field(0.1, ge=0, le=10, description="KL weight for DPO/GRPO.")

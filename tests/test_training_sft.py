@@ -71,3 +71,9 @@ def test_injected_oom_is_classified(intern_env, monkeypatch, smol_model):
 def test_failure_classification(text, kind):
     assert classify_text(text) == kind
     assert classify_text("", exit_code=-9) == FailureKind.oom
+
+
+def test_sft_with_packing_trains(intern_env, monkeypatch, smol_model):
+    code, outcome, run, client = run_job(intern_env, monkeypatch, smol_model, packing=True, max_steps=1)
+    assert code == 0 and outcome["status"] == "succeeded", outcome
+    assert run.data.params.get("packing") == "True"
