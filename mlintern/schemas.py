@@ -279,6 +279,7 @@ class ExperimentResult(_Model):
     mlflow_run_id: str | None = None
     failure: Failure | None = None
     train_seconds: float = 0.0
+    train_wall_seconds: float = Field(0.0, description="Training process wall time: what holds the GPU.")
     eval_seconds: float = 0.0
     accelerator_hours: float = 0.0
     train_loss: float | None = None

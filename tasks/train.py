@@ -67,7 +67,8 @@ def train(job: TrainJob, mlflow_run_id: str, tracking_uri: str, timeout_s: float
     else:  # died without writing an outcome: killed (OOM killer) or a hard crash
         outcome = TrainOutcome(status="failed", failure=classify(None, tail, exit_code=code))
         outcome.failure.message = f"training process exited with code {code}: {outcome.failure.message}"
-    outcome.train_seconds = outcome.train_seconds or time.time() - start
+    outcome.wall_seconds = time.time() - start
+    outcome.train_seconds = outcome.train_seconds or outcome.wall_seconds
     if outcome.status == "failed":
         logger.warning("plan %s failed (%s): %s", job.plan.plan_id(), outcome.failure.kind.value,
                        outcome.failure.message[:300])

@@ -27,4 +27,5 @@ class TrainOutcome(BaseModel):
     final_loss: float | None = None
     steps: int = 0
     train_seconds: float = 0.0
+    wall_seconds: float = 0.0  # the whole child process: imports, model load, save (GPU held)
     failure: Failure | None = None
