@@ -227,7 +227,20 @@ class ExperimentPlan(_Model):
     hypothesis: str = Field("", max_length=2000)
     rationale: str = Field("", max_length=4000)
     cited_papers: list[str] = Field(default_factory=list, max_length=20)
+    reward_code: str | None = Field(
+        None,
+        max_length=20_000,
+        description="grpo only: Python source (standard library only) defining "
+        "`def reward(completion: str, answer: str) -> float`, added to the built-in rewards. It runs in "
+        "a sandbox: separate process, no network, no access to evaluation files, with a timeout.",
+    )
     retry_of: str | None = Field(None, description="plan_id of the failed plan this one fixes.")
+
+    @model_validator(mode="after")
+    def _reward_code_only_for_grpo(self) -> "ExperimentPlan":
+        if self.reward_code is not None and self.method != Method.grpo:
+            raise ValueError("reward_code: only a grpo plan can propose a reward function")
+        return self
 
     @model_validator(mode="after")
     def _grpo_batch(self) -> "ExperimentPlan":

@@ -1,6 +1,7 @@
 from __future__ import annotations
 
 import hashlib
+import json
 from pathlib import Path
 
 from pydantic import BaseModel, Field
@@ -51,6 +52,15 @@ class PreparedBenchmark(BaseModel):
             h.update(f.read_bytes())
         h.update(self.dev_task.encode() + self.test_task.encode())
         return h.hexdigest()
+
+
+def write_eval_jsonl(path: Path, rows: list[dict]) -> None:
+    """Write an evaluation file atomically and owner-only (0600): sandboxed code, which runs as
+    nobody (mlintern.sandbox), cannot read it."""
+    tmp = path.with_suffix(".tmp")
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    tmp.chmod(0o600)
+    tmp.replace(path)
 
 
 def prepare_benchmark(spec: BenchmarkSpec, work_dir: Path) -> PreparedBenchmark:

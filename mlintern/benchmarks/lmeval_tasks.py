@@ -37,7 +37,7 @@ from typing import Any
 
 import yaml
 
-from mlintern.benchmarks.base import PreparedBenchmark
+from mlintern.benchmarks.base import PreparedBenchmark, write_eval_jsonl
 from mlintern.schemas import BenchmarkSpec
 
 log = logging.getLogger(__name__)
@@ -137,12 +137,6 @@ def _dump_task_yaml(path: Path, cfg: dict[str, Any]) -> None:
     text = re.sub(r"""['"]?__FUNCTION__([\w.]+)['"]?""", r"!function \1", text)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(text)
-    tmp.replace(path)
-
-
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     tmp.replace(path)
 
 
@@ -408,7 +402,7 @@ def _prepare_local(spec: BenchmarkSpec, work_dir: Path) -> PreparedBenchmark:
     if not (files["dev"].exists() and files["test"].exists()):
         parts = local_splits(spec.name, spec)
         for part, rows in parts.items():
-            _write_jsonl(files[part], rows)
+            write_eval_jsonl(files[part], rows)
         log.info("local benchmark %s: %s", spec.name, {k: len(v) for k, v in parts.items()})
     has_fewshot = files["fewshot"].exists()
     for part in ("dev", "test"):

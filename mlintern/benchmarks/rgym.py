@@ -10,7 +10,7 @@ from pathlib import Path
 
 import yaml
 
-from mlintern.benchmarks.base import PreparedBenchmark
+from mlintern.benchmarks.base import PreparedBenchmark, write_eval_jsonl
 from mlintern.schemas import BenchmarkSpec
 
 PROMPT_SUFFIX = "\nGive only the final answer."
@@ -52,12 +52,6 @@ def score(task: str, config: dict, prediction: str, row: dict) -> float:
     return float(ds.score_answer(prediction.strip(), entry) or 0.0)
 
 
-def _write_jsonl(path: Path, rows: list[dict]) -> None:
-    tmp = path.with_suffix(".tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    tmp.replace(path)
-
-
 def _task_yaml(task_name: str, data_file: Path, spec: BenchmarkSpec) -> dict:
     return {
         "task": task_name,
@@ -90,7 +84,7 @@ def prepare(spec: BenchmarkSpec, work_dir: Path) -> PreparedBenchmark:
     for split, size, seed in splits:
         path = out / f"{split}.jsonl"
         if not path.exists():
-            _write_jsonl(path, make_items(spec.name, dict(spec.task_config), size, seed))
+            write_eval_jsonl(path, make_items(spec.name, dict(spec.task_config), size, seed))
         files[split] = path
         task_name = f"{key}_{split}"
         text = yaml.safe_dump(_task_yaml(task_name, path, spec), sort_keys=False)

@@ -22,6 +22,11 @@ def build_grpo_trainer(job: TrainJob, callbacks: list):
 
     hp = job.plan.hyperparameters
     reward_funcs, reward_weights = reward_setup()
+    if job.plan.reward_code:
+        from mlintern.training.rewards import sandboxed_reward
+
+        reward_funcs = [*reward_funcs, sandboxed_reward(job.plan.reward_code)]
+        reward_weights = [*reward_weights, 0.5]
     args = GRPOConfig(
         **base_args(job),
         num_generations=hp.num_generations,

@@ -121,3 +121,23 @@ def format_reward(completions: list, answer: list | None = None, **kw) -> list[f
 def reward_setup() -> tuple[list, list[float]]:
     """(reward_funcs, reward_weights) for GRPOTrainer: correctness dominates format."""
     return [correctness_reward, format_reward], [CORRECTNESS_WEIGHT, FORMAT_WEIGHT]
+
+
+def sandboxed_reward(code: str, timeout_s: float = 30.0):
+    """A reward function an LLM proposed, run by mlintern.sandbox (separate process, no network,
+    no evaluation files, timeout). A failing proposal scores 0 and is reported, never fatal."""
+    import logging
+
+    from mlintern.sandbox import SandboxError, run_untrusted
+
+    def proposed_reward(completions: list, answer: list | None = None, **kw) -> list[float]:
+        answers = _column(answer, len(completions))
+        rows = [{"completion": prediction(c), "answer": "" if a is None else str(a)}
+                for c, a in zip(completions, answers)]
+        try:
+            return [max(-1.0, min(1.0, v)) for v in run_untrusted(code, "reward", rows, timeout_s=timeout_s)]
+        except SandboxError as exc:
+            logging.getLogger(__name__).warning("proposed reward disabled for this batch: %s", exc)
+            return [0.0] * len(completions)
+
+    return proposed_reward
