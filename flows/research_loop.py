@@ -16,9 +16,9 @@ from prefect.cache_policies import NO_CACHE
 
 from flows.experiment import experiment
 from mlintern.benchmarks import PreparedBenchmark
-from mlintern.llm import LLMBudgetExceeded
+from mlintern.llm import LLMBudgetExceeded, LLMError
 from mlintern.loop import LoopState
-from mlintern.planners import PlanningContext, make_planner
+from mlintern.planners import PlanningContext, PlanRejected, make_planner
 from mlintern.planners.base import PaperDigest
 from mlintern.report import render_report
 from mlintern.selection import beats
@@ -72,6 +72,10 @@ def research_loop(goal: Goal) -> LoopReport:
         except LLMBudgetExceeded as exc:
             logger.warning(str(exc))
             state.llm_exhausted = True
+            continue
+        except (LLMError, PlanRejected) as exc:  # an outage overnight ends in a report, resumable
+            logger.error("planning failed: %s", exc)
+            state.planner_error = str(exc)
             continue
         for result in run_experiments(goal, plans, state, base_model):
             if state.needs_confirmation(result) and bench.confirm_task:

@@ -18,6 +18,7 @@ class LoopState:
     since_improvement: int = 0
     started: float = field(default_factory=time.time)
     llm_exhausted: bool = False
+    planner_error: str | None = None
 
     @property
     def best(self) -> EvalScore:
@@ -70,6 +71,8 @@ class LoopState:
             return f"no improvement in {self.since_improvement} experiments (patience {goal.stop.patience})"
         if self.llm_exhausted:
             return "LLM budget spent"
+        if self.planner_error:
+            return f"planner failed ({self.planner_error[:300]}); fix it and run the goal again to resume"
         if self.history and self.history[-1].failure is not None and self.history[-1].failure.kind.value == "disk_full":
             return "disk full: free space under INTERN_WORK_DIR, then run again to resume"
         return None
