@@ -21,7 +21,7 @@ from mlintern.loop import LoopState
 from mlintern.planners import PlanningContext, PlanRejected, make_planner
 from mlintern.planners.base import PaperDigest
 from mlintern.report import render_report
-from mlintern.selection import beats
+from mlintern.selection import beats, pooled
 from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Goal, LoopReport
 from mlintern.settings import get_settings
 from mlintern.tracking import (
@@ -133,8 +133,9 @@ def run_experiments(goal: Goal, plans: list[ExperimentPlan], state: LoopState,
 
 def confirm(result: ExperimentResult, state: LoopState, bench: PreparedBenchmark, base_model: str,
             experiment_id: str) -> None:
-    """Re-evaluate a promising candidate on a second dev set drawn with another seed: it is
-    promoted only if it beats the champion there too (dev-set selection is optimistic)."""
+    """Re-evaluate a promising candidate on a second dev set drawn with another seed. Selecting
+    on dev alone is optimistic, so it is promoted only if it still beats the champion, beyond the
+    noise margin, on dev and confirmation items pooled (twice the items of a dev-only check)."""
     goal = state.goal
     if state.champion is not None:
         champion = state.champion.confirm or evaluate(state.champion.model_path, bench, "confirm", goal.device)
@@ -142,10 +143,11 @@ def confirm(result: ExperimentResult, state: LoopState, bench: PreparedBenchmark
         champion = get_or_log_baseline(experiment_id, goal, "confirm",
                                        lambda: evaluate(base_model, bench, "confirm", goal.device))
     result.confirm = evaluate(result.model_path, bench, "confirm", goal.device)
-    result.confirmed = beats(result.confirm, champion, goal.stop.noise_z)
+    candidate_pooled, champion_pooled = pooled(result.dev, result.confirm), pooled(state.best, champion)
+    result.confirmed = beats(candidate_pooled, champion_pooled, goal.stop.noise_z)
     if not result.confirmed:
-        print(f"plan {result.plan_id} beat the champion on dev ({result.dev.value:.4f}) but not on the "
-              f"confirmation set ({result.confirm.value:.4f} vs {champion.value:.4f}): not promoted")
+        print(f"plan {result.plan_id} beat the champion on dev ({result.dev.value:.4f}) but not on dev and "
+              f"confirmation pooled ({candidate_pooled.value:.4f} vs {champion_pooled.value:.4f}): not promoted")
     update_result(result)
 
 

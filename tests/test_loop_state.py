@@ -71,3 +71,16 @@ def test_candidate_that_fails_confirmation_is_not_promoted():
     confirmed.confirm, confirmed.confirmed = score(0.45), True
     assert state.record(confirmed) and state.champion is confirmed
     assert not state.needs_confirmation(result(0.52, lr=3e-4)), "within noise of the new champion"
+
+
+def test_pooled_score_over_dev_and_confirmation():
+    from mlintern.selection import pooled
+
+    p = pooled(EvalScore(task="dev", metric="score", value=0.15, stderr=0.0565, n=40),
+               EvalScore(task="confirm", metric="score", value=0.125, stderr=0.05, n=40))
+    assert p.n == 80 and abs(p.value - 0.1375) < 1e-9
+    assert 0.03 < p.stderr < 0.0565, "pooling two disjoint sets narrows the interval"
+    champion = pooled(score(0.0625, 0.038), score(0.0625, 0.038))
+    assert beats(p, champion, z=1.0), "a real gain seen on both sets is promoted"
+    assert not beats(pooled(score(0.15), score(0.0)), pooled(score(0.1), score(0.1)), z=1.0), \
+        "a dev-only win that vanishes on the confirmation set is not"
