@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from prefect.deployments import run_deployment
 
-from mlintern.schemas import ExperimentPlan, ExperimentResult, Failure, FailureKind, Goal
+from mlintern.schemas import ExperimentPlan, ExperimentResult, Failure, FailureKind, Fidelity, Goal
 from mlintern.settings import get_settings
 from mlintern.tracking import ensure_experiment, find_run, RESULT_ARTIFACT
 
 
-def dispatch_experiment(goal: Goal, plan: ExperimentPlan, init_model: str, timeout_s: float) -> ExperimentResult:
+def dispatch_experiment(goal: Goal, plan: ExperimentPlan, init_model: str, timeout_s: float,
+                        fidelity: Fidelity | None = None) -> ExperimentResult:
     """Idempotent per (goal, plan): a retried or resumed controller never starts a duplicate."""
     import mlflow
 
@@ -18,7 +19,8 @@ def dispatch_experiment(goal: Goal, plan: ExperimentPlan, init_model: str, timeo
     flow_run = run_deployment(
         name,
         parameters={"goal": goal.model_dump(mode="json"), "plan": plan.model_dump(mode="json"),
-                    "init_model": init_model, "timeout_s": timeout_s},
+                    "init_model": init_model, "timeout_s": timeout_s,
+                    "fidelity": (fidelity or Fidelity()).model_dump(mode="json")},
         idempotency_key=f"{goal.goal_id()}-{plan_id}",
         timeout=None,
         as_subflow=True,

@@ -8,7 +8,6 @@ in MLflow, so nothing is lost if the controller dies meanwhile.
 from __future__ import annotations
 
 import os
-import time
 import traceback
 from contextlib import nullcontext
 
@@ -17,13 +16,13 @@ from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from mlintern.llm import LLMClient
-from mlintern.schemas import ExperimentPlan, ExperimentResult, Goal
+from mlintern.schemas import ExperimentPlan, ExperimentResult, Fidelity, Goal
 from mlintern.settings import get_settings
 from mlintern.tracking import ensure_experiment, finish_experiment_run, init_tracking, start_experiment_run
 from mlintern.training.failures import classify
 from mlintern.training.job import TrainJob
 from tasks.data import build_data
-from tasks.evaluate import evaluate
+from tasks.evaluate import eval_spec
 from tasks.setup import prepare
 from tasks.train import train
 
@@ -49,8 +48,11 @@ def gpu_slot():
 
 @flow(name="experiment", log_prints=True, validate_parameters=True)
 def experiment(
-    goal: Goal, plan: ExperimentPlan, init_model: str, timeout_s: float | None = None
+    goal: Goal, plan: ExperimentPlan, init_model: str, timeout_s: float | None = None,
+    fidelity: Fidelity | None = None,
 ) -> ExperimentResult:
+    """Data, then one training job that also checks dev at the schedule's rungs (the pruner may stop
+    it there) and scores dev from the weights in memory; everything lands in MLflow."""
     logger = get_run_logger()
     settings = get_settings()
     tracking_uri = init_tracking()
@@ -65,26 +67,36 @@ def experiment(
         result.decontaminated = built.removed_contaminated
         job = TrainJob(plan=plan, model_path=init_model, data_path=built.path, output_dir=str(out_dir),
                        device=goal.device, seed=goal.seed, benchmark_kind=goal.benchmark.kind,
-                       benchmark_metric=bench.metric)
+                       benchmark_metric=bench.metric, fidelity=fidelity or Fidelity(),
+                       evaluation=eval_spec(bench, "dev", goal.device))
         with gpu_slot():
             outcome = train(job, run_id, tracking_uri, timeout_s or settings.train_timeout_s)
-            result.train_seconds = outcome.train_seconds
-            result.train_wall_seconds = outcome.wall_seconds
-            result.train_loss = outcome.final_loss
-            result.failure = outcome.failure
-            if outcome.status == "succeeded":
-                start = time.time()
-                result.dev = evaluate(outcome.model_dir, bench, "dev", goal.device)
-                result.eval_seconds = time.time() - start
-                result.model_path = outcome.model_dir
-                result.status = "succeeded"
+        copy_measurements(outcome, result)
+        if outcome.status != "failed":
+            result.status = outcome.status
+            result.dev = outcome.dev
+            result.model_path = outcome.model_dir
     except Exception as exc:  # bad data, a dead evaluation: recorded, never fatal to the loop
         logger.error("experiment %s failed: %s", plan_id, exc)
         result.failure = classify(exc, traceback.format_exc())
-    # Budget what holds the GPU: the whole training process (imports and model load are ~half of
-    # a short job, bench/RESULTS.md section 3), not only the optimizer loop.
-    result.accelerator_hours = (max(result.train_wall_seconds, result.train_seconds) + result.eval_seconds) / 3600
     finish_experiment_run(run_id, result)
-    if result.status == "succeeded":
-        logger.info("plan %s: dev %s = %.4f", plan_id, result.dev.metric, result.dev.value)
+    if result.dev is not None:
+        logger.info("plan %s (%s): %s, dev %s = %.4f, %d steps, %.0f accelerator-seconds", plan_id, plan.stage,
+                    result.status, result.dev.metric, result.dev.value, result.steps, result.accelerator_hours * 3600)
     return result
+
+
+def copy_measurements(outcome, result: ExperimentResult) -> None:
+    """What the job measured. The budget counts what held the accelerator: the whole job (model load,
+    dev checks and save included; a fresh process's imports too, bench/RESULTS.md section 3)."""
+    result.failure = outcome.failure
+    result.train_loss = outcome.final_loss
+    result.train_seconds = outcome.train_seconds
+    result.train_wall_seconds = outcome.wall_seconds
+    result.train_loop_seconds = outcome.train_loop_seconds
+    result.eval_seconds = outcome.eval_seconds
+    result.job_seconds = max(outcome.wall_seconds, outcome.train_seconds)
+    result.steps, result.examples, result.tokens = outcome.steps, outcome.examples, outcome.tokens
+    result.curve = outcome.curve
+    result.pruned_at = outcome.pruned_at
+    result.accelerator_hours = result.job_seconds / 3600

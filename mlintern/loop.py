@@ -5,8 +5,13 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
+from mlintern.budget import Sizing, Throughput, fit_throughput, prior_throughput, sizing
 from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Failure, Goal
-from mlintern.selection import beats
+from mlintern.selection import beats, noise_margin
+
+# Stages whose results say whether more compute still helps (exploration trials and pruned probes
+# are cheap by design: they never count towards a plateau).
+PLATEAU_STAGES = ("scale_up", "single", "search", "retry")
 
 
 @dataclass
@@ -19,14 +24,27 @@ class LoopState:
     started: float = field(default_factory=time.time)
     llm_exhausted: bool = False
     planner_error: str | None = None
+    planner_done: str | None = None
+    prior: Throughput = field(default_factory=lambda: prior_throughput(135e6, False, 40.0))
+    on_gpu: bool = False
+    rungs: list[float] = field(default_factory=list)
+    compute_since_improvement_s: float = 0.0
 
     @property
     def best(self) -> EvalScore:
         return self.champion.dev if self.champion else self.baseline
 
     @property
+    def budget_s(self) -> float:
+        return self.goal.budget.gpu_hours * 3600
+
+    @property
+    def used_s(self) -> float:
+        return sum(r.accelerator_hours for r in self.history) * 3600
+
+    @property
     def hours_used(self) -> float:
-        return sum(r.accelerator_hours for r in self.history)
+        return self.used_s / 3600
 
     @property
     def experiments_left(self) -> int:
@@ -38,6 +56,23 @@ class LoopState:
 
     def wall_left_s(self) -> float:
         return self.goal.budget.wall_time_minutes * 60 - (time.time() - self.started)
+
+    def throughput(self) -> Throughput:
+        return fit_throughput(self.prior, self.history)
+
+    def sizing(self, pending: list[ExperimentPlan] = ()) -> Sizing:
+        """Bounds for the next plan; experiments still running count at their predicted cost."""
+        throughput = self.throughput()
+        first = sizing(self.goal, self.used_s, throughput, self.on_gpu)
+        if not pending:
+            return first
+        committed = sum(first.job_seconds(p.hyperparameters.max_steps, p.hyperparameters.per_device_batch_size
+                                          * p.hyperparameters.gradient_accumulation_steps, p.method) for p in pending)
+        return sizing(self.goal, self.used_s + committed, throughput, self.on_gpu)
+
+    def usage(self) -> str:
+        return (f"used {self.used_s:.0f} of {self.budget_s:.0f} accelerator-seconds "
+                f"({self.used_s / self.budget_s:.0%}) in {len(self.history)} experiments")
 
     def needs_confirmation(self, result: ExperimentResult) -> bool:
         """A candidate that beats the champion on dev is checked on the confirmation set."""
@@ -52,12 +87,32 @@ class LoopState:
         ):
             self.champion = result
             self.since_improvement = 0
+            self.compute_since_improvement_s = 0.0
             return True
-        if result.status == "succeeded":  # a failure says nothing about the idea: budget, not patience
+        # failures and pruned probes spend budget, not patience
+        if result.status == "succeeded" and result.plan.stage in PLATEAU_STAGES:
             self.since_improvement += 1
+            self.compute_since_improvement_s += result.accelerator_hours * 3600
         return False
 
+    def plateau(self) -> str | None:
+        """Evidence that more compute no longer helps: `patience` finished runs past exploration, which
+        together used at least `plateau_fraction` of the budget, none beating the champion beyond noise."""
+        stop = self.goal.stop
+        if self.since_improvement < stop.patience or self.compute_since_improvement_s < stop.plateau_fraction * self.budget_s:
+            return None
+        recent = [r for r in self.history if r.status == "succeeded" and r.plan.stage in PLATEAU_STAGES][-self.since_improvement:]
+        best_recent = max(r.dev.value for r in recent)
+        margin = noise_margin(self.best, self.best, stop.noise_z)
+        return (f"plateau: the last {self.since_improvement} runs ({self.compute_since_improvement_s:.0f} "
+                f"accelerator-seconds, {self.compute_since_improvement_s / self.budget_s:.0%} of the budget) reached at "
+                f"best dev {best_recent:.4f}, not above the champion's {self.best.value:.4f} + {margin:.4f} noise margin")
+
     def stop_reason(self) -> str | None:
+        reason = self._reason()
+        return f"{reason}; {self.usage()}" if reason else None
+
+    def _reason(self) -> str | None:
         goal = self.goal
         if goal.target_score is not None and self.best.value >= goal.target_score:
             return f"target reached: dev {self.best.value:.4f} >= {goal.target_score}"
@@ -67,8 +122,10 @@ class LoopState:
             return f"accelerator budget spent ({self.hours_used:.3f} of {goal.budget.gpu_hours} h)"
         if self.wall_left_s() <= 0:
             return f"wall-time budget spent ({goal.budget.wall_time_minutes} min)"
-        if self.since_improvement >= goal.stop.patience:
-            return f"no improvement in {self.since_improvement} experiments (patience {goal.stop.patience})"
+        if self.planner_done:
+            return self.planner_done
+        if (evidence := self.plateau()) is not None:
+            return evidence
         if self.llm_exhausted:
             return "LLM budget spent"
         if self.planner_error:

@@ -30,7 +30,10 @@ class Method(str, Enum):
 class Budget(_Model):
     """Hard limits of one research loop. The loop stops cleanly when any is spent."""
 
-    max_experiments: int = Field(3, ge=1, le=500, description="Training runs, retries included.")
+    max_experiments: int = Field(
+        60, ge=1, le=500,
+        description="Training runs, retries and pruned probes included. The accelerator budget is normally the "
+        "binding limit: the loop sizes its experiments to spend gpu_hours.")
     gpu_hours: float = Field(
         1.0, gt=0, le=10_000, description="Accelerator hours for training and evaluation jobs."
     )
@@ -40,7 +43,14 @@ class Budget(_Model):
 
 class StopRule(_Model):
     patience: int = Field(
-        2, ge=1, le=100, description="Stop after this many experiments without a promoted champion."
+        3, ge=1, le=100,
+        description="Stop early after this many experiments without a promoted champion, but only when the "
+        "score-versus-compute history shows a plateau (see plateau_fraction); otherwise the budget is spent.",
+    )
+    plateau_fraction: float = Field(
+        0.3, gt=0, le=1,
+        description="A plateau is recorded only if the experiments since the last improvement used at least "
+        "this fraction of the accelerator budget.",
     )
     noise_z: float = Field(
         1.0,
@@ -67,8 +77,11 @@ class BenchmarkSpec(_Model):
                                  "operators": "+-"},
         description="Generator options for reasoning_gym tasks.",
     )
-    dev_size: int = Field(40, ge=5, le=100_000)
-    test_size: int = Field(80, ge=5, le=100_000)
+    dev_size: int = Field(
+        300, ge=5, le=100_000,
+        description="Dev items (also the confirmation set's size). Selection and pruning read dev only; 300 "
+        "items resolve about +-0.03 differences and score in a few seconds on a GPU.")
+    test_size: int = Field(500, ge=5, le=100_000, description="Held-out test items, scored once after the loop.")
     dev_seed: int = 1_000_001
     test_seed: int = 2_000_002
     confirm_seed: int | None = Field(
@@ -98,24 +111,47 @@ class BenchmarkSpec(_Model):
 
 
 class SearchSpace(_Model):
-    """Bounds that every plan must respect, from any planner (validated before training)."""
+    """Bounds that every plan must respect, from any planner (validated before training).
+
+    Steps and rows default to None: they are then derived from the remaining accelerator budget and the
+    measured throughput (mlintern.budget). Set them to pin an experiment size (e.g. the CPU demo).
+    """
 
     methods: list[Method] = Field(default_factory=lambda: [Method.sft], min_length=1)
     learning_rate: tuple[float, float] = (1e-5, 5e-4)
-    max_steps: tuple[int, int] = Field((8, 30), description="Optimizer steps per experiment.")
-    batch_sizes: list[int] = Field(default_factory=lambda: [4, 8], min_length=1)
-    num_examples: tuple[int, int] = (64, 512)
+    max_steps: tuple[int, int] | None = Field(
+        None, description="Optimizer steps per experiment; None = sized from the budget and throughput.")
+    batch_sizes: list[int] | None = Field(
+        None, description="Micro-batch choices; None = [4, 8] on CPU, [8, 16, 32, 64] on a GPU.")
+    num_examples: tuple[int, int] | None = Field(
+        None, description="Training rows per experiment; None = one epoch of fresh rows for the planned steps.")
     lora_choices: list[bool] = Field(default_factory=lambda: [False, True], min_length=1)
     max_length: int = Field(256, ge=16, le=32_768)
 
     @model_validator(mode="after")
     def _ordered(self) -> "SearchSpace":
         for name in ("learning_rate", "max_steps", "num_examples"):
-            lo, hi = getattr(self, name)
+            value = getattr(self, name)
+            if value is None:
+                continue
+            lo, hi = value
             if not 0 < lo <= hi:
                 raise ValueError(f"search_space.{name}: need 0 < low <= high, got ({lo}, {hi})")
         return self
 
+
+class Schedule(_Model):
+    """How the loop spends its accelerator budget (multi-fidelity search, then scale-up)."""
+
+    explore_fraction: float = Field(
+        0.35, ge=0.0, le=0.9,
+        description="Share of the accelerator budget for exploration: trials of new configurations, checked on "
+        "dev at rungs and pruned by Optuna's successive-halving pruner. The rest scales up the best "
+        "configuration by continuing its model on fresh rows.")
+    reduction_factor: int = Field(3, ge=2, le=10, description="Successive-halving reduction factor (eta).")
+    rungs: int = Field(3, ge=1, le=6, description="Dev checks per exploration trial (rung r is at r0 * eta**r s).")
+    min_trial_steps: int = Field(
+        20, ge=1, le=100_000, description="The first rung of a trial comes no earlier than this many optimizer steps.")
 
 class Goal(_Model):
     """One research goal: improve `base_model` on `benchmark` within `budget`."""
@@ -131,11 +167,16 @@ class Goal(_Model):
     budget: Budget = Field(default_factory=Budget)
     stop: StopRule = Field(default_factory=StopRule)
     search_space: SearchSpace = Field(default_factory=SearchSpace)
+    schedule: Schedule = Field(default_factory=Schedule)
     target_score: float | None = Field(
         None, ge=0, le=1, description="Stop as soon as the champion's dev score reaches this."
     )
-    planner: Literal["auto", "llm", "search", "random"] = Field(
-        "auto", description="auto = the LLM planner when an LLM is configured, else Optuna TPE."
+    planner: Literal["auto", "llm", "search", "random", "single"] = Field(
+        "auto",
+        description="auto: multi-fidelity search (configurations from the LLM when one is configured, else "
+        "Optuna TPE; Optuna's successive-halving pruner on dev; the winner scaled up with the remaining budget). "
+        "llm: the same, LLM required. search/random: plain Optuna TPE/random search over budget-sized plans. "
+        "single: ONE run with default hyperparameters sized to the whole budget (a baseline).",
     )
     llm_model: str | None = Field(
         None,
@@ -201,6 +242,8 @@ class Hyperparameters(_Model):
     gradient_accumulation_steps: int = Field(1, ge=1, le=1024)
     max_length: int = Field(256, ge=16, le=32_768)
     warmup_ratio: float = Field(0.0, ge=0, le=0.5)
+    lr_scheduler: Literal["cosine", "linear", "constant_with_warmup"] = Field(
+        "cosine", description="Learning-rate schedule over max_steps (after warmup_ratio of them).")
     weight_decay: float = Field(0.0, ge=0, le=1)
     lora: bool = False
     packing: bool = Field(
@@ -235,6 +278,9 @@ class ExperimentPlan(_Model):
         "a sandbox: separate process, no network, no access to evaluation files, with a timeout.",
     )
     retry_of: str | None = Field(None, description="plan_id of the failed plan this one fixes.")
+    stage: Literal["explore", "scale_up", "single", "search", "retry"] = Field(
+        "explore", description="Why the loop runs this plan: a new configuration (explore), the best one "
+        "continued with more budget (scale_up), the one-run baseline (single), a plain search trial, or a retry.")
 
     @model_validator(mode="after")
     def _reward_code_only_for_grpo(self) -> "ExperimentPlan":
@@ -281,10 +327,32 @@ class EvalScore(_Model):
     n: int = 0
 
 
+class CurvePoint(_Model):
+    """One dev check during or at the end of training."""
+
+    step: int
+    examples: int
+    train_seconds: float = Field(description="Training-clock seconds (evaluations excluded) at this check.")
+    value: float
+    rung: int | None = Field(None, description="Successive-halving rung index of this check (None: the final check).")
+
+
+class Fidelity(_Model):
+    """How long a run may train and when it is checked: set by the loop's schedule, not by planners."""
+
+    time_limit_s: float | None = Field(
+        None, description="Stop training when the training clock passes this (the budget guard).")
+    rung_seconds: list[float] = Field(
+        default_factory=list, description="Dev checks at these training-clock seconds (successive-halving rungs).")
+    reduction_factor: int = 3
+    peers: list[dict[int, float]] = Field(
+        default_factory=list, description="Rung values of finished trials: rung index -> dev score.")
+
+
 class ExperimentResult(_Model):
     plan_id: str
     plan: ExperimentPlan
-    status: Literal["succeeded", "failed"]
+    status: Literal["succeeded", "failed", "pruned"]
     dev: EvalScore | None = None
     confirm: EvalScore | None = Field(None, description="Score on the confirmation dev set, if checked.")
     confirmed: bool | None = Field(None, description="False: beat the champion on dev but not on confirmation.")
@@ -297,6 +365,13 @@ class ExperimentResult(_Model):
     accelerator_hours: float = 0.0
     train_loss: float | None = None
     decontaminated: int = 0
+    steps: int = Field(0, description="Optimizer steps done.")
+    examples: int = Field(0, description="Training rows seen (steps x effective batch).")
+    tokens: int = Field(0, description="Training tokens seen.")
+    train_loop_seconds: float = Field(0.0, description="Optimizer-loop seconds, dev checks excluded.")
+    job_seconds: float = Field(0.0, description="Wall seconds the job held its accelerator (load, train, eval, save).")
+    curve: list[CurvePoint] = Field(default_factory=list, description="Dev checks during training (rungs) and at the end.")
+    pruned_at: float | None = Field(None, description="Training-clock seconds at which the pruner stopped it.")
 
 
 class LoopReport(_Model):
@@ -312,4 +387,7 @@ class LoopReport(_Model):
     experiments: list[ExperimentResult] = Field(default_factory=list)
     llm_dollars: float = 0.0
     wall_seconds: float = 0.0
+    budget_seconds: float = Field(0.0, description="The accelerator budget, in seconds.")
+    used_seconds: float = Field(0.0, description="Accelerator seconds the experiments used.")
+    throughput: str = Field("", description="The throughput the loop measured (what sized its plans).")
     markdown: str = ""

@@ -8,6 +8,7 @@ from __future__ import annotations
 import os
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
@@ -44,6 +45,9 @@ class Settings(BaseSettings):
     # Dispatch experiments through a Prefect deployment instead of an in-process subflow.
     experiment_deployment: str | None = None
     train_timeout_s: float = 6 * 3600
+    # "persistent": one long-lived training worker per device imports once and keeps models
+    # (mlintern.worker); "fresh": a new process per job (also used under accelerate launch).
+    train_worker: Literal["persistent", "fresh"] = "persistent"
     eval_batch_size: int = 16
     # Drill/test hook: JSON such as {"oom_above_batch": 4, "nan_above_lr": 1e-4} simulates
     # a memory cap or a real NaN inside real training. Never set by a plan or an LLM.

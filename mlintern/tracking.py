@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import time
 from typing import Any
 
 import mlflow
@@ -129,18 +130,25 @@ def _note(plan: ExperimentPlan) -> str:
 def finish_experiment_run(run_id: str, result: ExperimentResult) -> None:
     client = MlflowClient()
     if result.dev is not None:
-        client.log_metric(run_id, "dev_score", result.dev.value)
+        if not result.curve or result.curve[-1].value != result.dev.value:  # the job logged its own checks
+            client.log_metric(run_id, "dev_score", result.dev.value, step=result.steps)
         if result.dev.stderr is not None:
             client.log_metric(run_id, "dev_stderr", result.dev.stderr)
-    client.log_metric(run_id, "train_seconds", result.train_seconds)
-    client.log_metric(run_id, "accelerator_hours", result.accelerator_hours)
+    metrics = {"train_seconds": result.train_seconds, "accelerator_hours": result.accelerator_hours,
+               "accelerator_seconds": result.accelerator_hours * 3600, "steps": result.steps,
+               "examples": result.examples, "tokens": result.tokens,
+               "train_loop_seconds": result.train_loop_seconds, "eval_seconds": result.eval_seconds}
+    now = int(time.time() * 1000)
+    client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, float(v), now, 0) for k, v in metrics.items()])
+    client.set_tag(run_id, "intern.status", result.status)
+    client.set_tag(run_id, "intern.stage", result.plan.stage)
     if result.failure is not None:
         client.set_tag(run_id, "intern.failure_kind", result.failure.kind.value)
         client.set_tag(run_id, "intern.failure", result.failure.message[:5000])
         client.log_text(run_id, result.failure.log_tail, "failure_log_tail.txt")
     client.log_text(run_id, result.model_dump_json(indent=2), RESULT_ARTIFACT)
     client.set_tag(run_id, TAG_STATE, "done")
-    client.set_terminated(run_id, "FINISHED" if result.status == "succeeded" else "FAILED")
+    client.set_terminated(run_id, "FAILED" if result.status == "failed" else "FINISHED")
 
 
 def update_result(result: ExperimentResult) -> None:
@@ -234,12 +242,29 @@ def log_report(experiment_id: str, goal: Goal, report, champion: ExperimentResul
     client.log_metric(run_id, "experiments", len(report.experiments))
     client.log_metric(run_id, "llm_dollars", report.llm_dollars)
     client.log_text(run_id, report.markdown, "report.md")
+    client.log_metric(run_id, "budget_seconds", report.budget_seconds)
+    client.log_metric(run_id, "used_seconds", report.used_seconds)
     client.log_text(run_id, report.model_dump_json(indent=2, exclude={"markdown"}), "report.json")
     if champion is not None and champion.mlflow_run_id and report.champion_test is not None:
         client.log_metric(champion.mlflow_run_id, "test_score", report.champion_test.value)
     client.set_tag(run_id, TAG_STATE, "done")
     client.set_terminated(run_id, "FINISHED")
     return run_id
+
+
+def log_progress(experiment_id: str, goal: Goal, png: bytes) -> None:
+    """The progress chart on the goal's `progress` run (one run per goal, the chart overwritten)."""
+    client = MlflowClient()
+    run = find_run(experiment_id, "progress")
+    run_id = run.info.run_id if run is not None else client.create_run(
+        experiment_id, run_name="progress", tags={TAG_GOAL: goal.goal_id(), TAG_KIND: "progress"}).info.run_id
+    import tempfile
+    from pathlib import Path
+
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / "progress.png"
+        path.write_bytes(png)
+        client.log_artifact(run_id, str(path))
 
 
 def log_literature(experiment_id: str, goal: Goal, query: str, digests: list, error: str | None) -> None:

@@ -1,8 +1,10 @@
-"""Run one training job in a child process with a hard timeout; classify what went wrong."""
+"""Run one training job with a hard timeout, on this device's persistent training worker (default)
+or in a fresh child process; classify what went wrong."""
 
 from __future__ import annotations
 
 import ctypes
+import json
 import os
 import signal
 import subprocess
@@ -15,9 +17,9 @@ from prefect.cache_policies import NO_CACHE
 
 from mlintern.schemas import Failure, FailureKind
 from mlintern.settings import get_settings
-from tasks import run_logger
 from mlintern.training.failures import classify
 from mlintern.training.job import TrainJob, TrainOutcome
+from tasks import run_logger
 
 
 def training_command(job_path: Path, outcome_path: Path, faults: str | None) -> list[str]:
@@ -32,46 +34,79 @@ def training_command(job_path: Path, outcome_path: Path, faults: str | None) -> 
     return [sys.executable, *args]
 
 
+def use_worker() -> bool:
+    """The persistent worker, unless a job needs several processes (accelerate) or it is turned off."""
+    return get_settings().train_worker == "persistent" and not os.environ.get("INTERN_ACCELERATE_CONFIG")
+
+
 @task(name="train", cache_policy=NO_CACHE, retries=0, log_prints=True)
 def train(job: TrainJob, mlflow_run_id: str, tracking_uri: str, timeout_s: float) -> TrainOutcome:
-    """Train in a child process. Failures come back as a classified TrainOutcome, not an exception,
-    so the controller can diagnose and retry with a changed plan."""
+    """Train (with dev checks, pruning and the final dev score when the job asks for them). Failures
+    come back as a classified TrainOutcome, not an exception, so the controller can diagnose and retry
+    with a changed plan."""
     logger = run_logger()
+    settings = get_settings()
     out = Path(job.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    job_path, outcome_path, log_path = out / "job.json", out / "outcome.json", out / "train.log"
+    log_path = out / "train.log"
+    faults = job.faults if job.faults is not None else (
+        json.loads(settings.inject_faults) if settings.inject_faults else None)
+    job = job.model_copy(update={"mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri, "faults": faults})
+    logger.info("training plan %s (%s, %d steps) on the %s path", job.plan.plan_id(), job.plan.stage,
+                job.plan.hyperparameters.max_steps, "persistent-worker" if use_worker() else "fresh-process")
+    outcome = _on_worker(job, log_path, timeout_s) if use_worker() else _in_child(job, out, log_path, timeout_s)
+    if outcome.failure is not None and not outcome.failure.log_tail:
+        outcome.failure.log_tail = _tail(log_path)
+    if outcome.status == "failed":
+        logger.warning("plan %s failed (%s): %s", job.plan.plan_id(), outcome.failure.kind.value,
+                       outcome.failure.message[:300])
+    return outcome
+
+
+def _on_worker(job: TrainJob, log_path: Path, timeout_s: float) -> TrainOutcome:
+    from mlintern.worker.client import WorkerDied, WorkerTimeout, submit
+    from mlintern.worker.protocol import WorkerRequest
+
+    start = time.time()
+    try:
+        reply = submit(WorkerRequest(kind="train", train=job, log_path=str(log_path)), timeout_s)
+    except WorkerTimeout as exc:
+        return TrainOutcome(status="failed", wall_seconds=time.time() - start, failure=Failure(
+            kind=FailureKind.timeout, message=f"training exceeded its {timeout_s:.0f}s limit: {exc}"))
+    except WorkerDied as exc:
+        tail = _tail(log_path)
+        failure = classify(None, tail, exit_code=-9 if "code -9" in str(exc) else None)
+        failure.message = f"{exc}: {failure.message}"
+        return TrainOutcome(status="failed", wall_seconds=time.time() - start, failure=failure)
+    outcome = reply.outcome
+    outcome.wall_seconds = reply.job_seconds
+    return outcome
+
+
+def _in_child(job: TrainJob, out: Path, log_path: Path, timeout_s: float) -> TrainOutcome:
+    job_path, outcome_path = out / "job.json", out / "outcome.json"
     job_path.write_text(job.model_dump_json())
     outcome_path.unlink(missing_ok=True)
-    env = dict(os.environ, MLFLOW_RUN_ID=mlflow_run_id, MLFLOW_TRACKING_URI=tracking_uri,
-               HF_MLFLOW_LOG_ARTIFACTS="0", MLFLOW_FLATTEN_PARAMS="1")
-    cmd = training_command(job_path, outcome_path, get_settings().inject_faults)
-    logger.info("training plan %s: %s", job.plan.plan_id(), " ".join(cmd[1:4]))
+    cmd = training_command(job_path, outcome_path, None)
     start = time.time()
-    with open(log_path, "wb") as log_file:
-        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, env=env,
-                                start_new_session=True, preexec_fn=_die_with_parent)
+    with open(log_path, "ab") as log_file:
+        proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, start_new_session=True,
+                                preexec_fn=_die_with_parent)
         try:
             code = proc.wait(timeout=timeout_s)
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            tail = _tail(log_path)
-            return TrainOutcome(status="failed", train_seconds=time.time() - start, failure=Failure(
-                kind=FailureKind.timeout, log_tail=tail,
+            return TrainOutcome(status="failed", wall_seconds=time.time() - start, failure=Failure(
+                kind=FailureKind.timeout, log_tail=_tail(log_path),
                 message=f"training exceeded its {timeout_s:.0f}s limit and was killed"))
-    tail = _tail(log_path)
     if outcome_path.exists():
         outcome = TrainOutcome.model_validate_json(outcome_path.read_text())
-        if outcome.failure is not None:
-            outcome.failure.log_tail = tail
     else:  # died without writing an outcome: killed (OOM killer) or a hard crash
+        tail = _tail(log_path)
         outcome = TrainOutcome(status="failed", failure=classify(None, tail, exit_code=code))
         outcome.failure.message = f"training process exited with code {code}: {outcome.failure.message}"
     outcome.wall_seconds = time.time() - start
-    outcome.train_seconds = outcome.train_seconds or outcome.wall_seconds
-    if outcome.status == "failed":
-        logger.warning("plan %s failed (%s): %s", job.plan.plan_id(), outcome.failure.kind.value,
-                       outcome.failure.message[:300])
     return outcome
 
 
@@ -85,5 +120,8 @@ def _die_with_parent() -> None:
 
 
 def _tail(path: Path, n: int = 6000) -> str:
-    data = path.read_bytes()[-n:]
+    try:
+        data = path.read_bytes()[-n:]
+    except OSError:
+        return ""
     return data.decode("utf-8", errors="replace")

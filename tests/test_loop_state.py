@@ -9,12 +9,12 @@ def score(v, se=0.05):
     return EvalScore(task="t", metric="score", value=v, stderr=se, n=40)
 
 
-def result(v, lr=1e-4, status="succeeded", retry_of=None, se=0.05):
-    plan = ExperimentPlan(hyperparameters=Hyperparameters(learning_rate=lr), retry_of=retry_of)
+def result(v, lr=1e-4, status="succeeded", retry_of=None, se=0.05, stage="scale_up", hours=0.1):
+    plan = ExperimentPlan(hyperparameters=Hyperparameters(learning_rate=lr), retry_of=retry_of, stage=stage)
     failure = Failure(kind=FailureKind.oom, message="OOM") if status == "failed" else None
     return ExperimentResult(plan_id=plan.plan_id(), plan=plan, status=status,
-                            dev=score(v, se) if status == "succeeded" else None, failure=failure,
-                            accelerator_hours=0.1)
+                            dev=score(v, se) if status != "failed" else None, failure=failure,
+                            accelerator_hours=hours)
 
 
 def test_candidate_within_noise_is_not_promoted():
@@ -32,19 +32,38 @@ def test_loop_keeps_champion_when_candidate_is_within_noise():
     assert state.since_improvement == 1
 
 
-def test_stop_reasons():
+def test_stop_reasons_state_the_budget_used():
     goal = Goal(budget={"max_experiments": 3, "gpu_hours": 0.2}, target_score=0.9, stop={"patience": 2})
     state = LoopState(goal=goal, baseline=score(0.1))
     assert state.stop_reason() is None
     state.record(result(0.5, lr=1e-4))
     state.record(result(0.5, lr=2e-4))
-    assert "accelerator budget" in state.stop_reason()
-    state = LoopState(goal=Goal(stop={"patience": 2}), baseline=score(0.5))
-    state.record(result(0.3, lr=1e-4)); state.record(result(0.3, lr=2e-4))
-    assert "no improvement" in state.stop_reason()
+    reason = state.stop_reason()
+    assert "accelerator budget" in reason and "used 720 of 720 accelerator-seconds (100%) in 2 experiments" in reason
     state = LoopState(goal=Goal(target_score=0.3), baseline=score(0.1))
     state.record(result(0.6, lr=1e-4))
-    assert "target reached" in state.stop_reason()
+    assert "target reached" in state.stop_reason() and "accelerator-seconds" in state.stop_reason()
+
+
+def test_patience_stops_only_on_recorded_plateau_evidence():
+    """No improvement alone is not enough: the runs since the last improvement must also have used a
+    real share of the budget (plateau_fraction), or the loop goes on spending it."""
+    goal = Goal(budget={"gpu_hours": 1.0}, stop={"patience": 2, "plateau_fraction": 0.3})
+    state = LoopState(goal=goal, baseline=score(0.5))
+    state.record(result(0.3, lr=1e-4, hours=0.05)); state.record(result(0.3, lr=2e-4, hours=0.05))
+    assert state.since_improvement == 2 and state.stop_reason() is None, "only 10% of the budget: no evidence"
+    state.record(result(0.31, lr=3e-4, hours=0.25))
+    reason = state.stop_reason()
+    assert reason.startswith("plateau: the last 3 runs (1260 accelerator-seconds, 35% of the budget)")
+    assert "best dev 0.3100" in reason and "used 1260 of 3600" in reason
+
+
+def test_exploration_trials_and_pruned_probes_never_count_towards_patience():
+    state = LoopState(goal=Goal(stop={"patience": 1, "plateau_fraction": 0.01}), baseline=score(0.5))
+    state.record(result(0.3, lr=1e-4, stage="explore", hours=0.3))
+    state.record(result(0.2, lr=2e-4, stage="explore", status="pruned", hours=0.3))
+    assert state.since_improvement == 0 and state.stop_reason() is None
+    assert state.champion is None, "a pruned trial never becomes champion"
 
 
 def test_failed_plans_are_retried_a_bounded_number_of_times():

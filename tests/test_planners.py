@@ -68,11 +68,13 @@ def test_search_planner_fixes_a_failed_plan_by_rule():
     assert fixed.hyperparameters.gradient_accumulation_steps == 2
 
 
-def test_default_planner_is_search_without_llm(monkeypatch):
+def test_default_planner_is_multifidelity_search_without_llm(monkeypatch):
     monkeypatch.delenv("INTERN_LLM_MODEL", raising=False)
     get_settings.cache_clear()
-    assert make_planner(Goal()).name == "optuna-tpe"
-    assert make_planner(Goal(llm_model="openai/x")).name == "llm:openai/x"
+    assert make_planner(Goal()).name == "multi-fidelity (optuna-tpe)"
+    assert make_planner(Goal(llm_model="openai/x")).name == "multi-fidelity (llm:openai/x)"
+    assert make_planner(Goal(planner="search")).name == "optuna-tpe"
+    assert make_planner(Goal(planner="single")).name == "single-run"
 
 
 def test_validate_plan_names_the_field():

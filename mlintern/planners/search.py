@@ -1,69 +1,152 @@
-"""Optuna planner: TPE (or random) search over the goal's plan space.
+"""Optuna planners over budget-sized plans.
 
-Stateless: each call rebuilds an in-memory study from the loop's history, so a resumed
-controller proposes exactly what it would have proposed without the crash.
+- `SearchPlanner`: plain TPE (or random) search. Each trial samples a configuration and a size,
+  as a share of the whole accelerator budget, and runs to its end; the best dev score wins.
+- `SingleRunPlanner`: ONE run with the default hyperparameters, sized to the whole budget.
+- `ConfigProposer`: TPE over configurations only (method, LoRA, learning rate, batch), for the
+  multi-fidelity loop, which fixes the size and lets Optuna's pruner stop weak trials.
+
+All are stateless: each call rebuilds an in-memory study from the loop's history (MLflow is the
+memory), so a resumed controller proposes exactly what it would have proposed without the crash.
 """
 
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import optuna
 from optuna.distributions import (
     BaseDistribution,
     CategoricalDistribution,
     FloatDistribution,
-    IntDistribution,
 )
+from optuna.trial import TrialState
 
-from mlintern.planners.base import PlanningContext, PlanRejected, validate_plan
+from mlintern.budget import fresh_rows
+from mlintern.planners.base import PlannerDone, PlanningContext, PlanRejected, validate_plan
 from mlintern.planners.rules import fix_plan
-from mlintern.schemas import DatasetRecipe, ExperimentPlan, Hyperparameters, Method, SearchSpace
+from mlintern.schemas import DatasetRecipe, ExperimentPlan, ExperimentResult, Hyperparameters, Method, SearchSpace
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)
 
+MIN_SHARE, MAX_SHARE = 0.05, 0.33  # plain search: one trial costs 5-33% of the whole budget
 
-def distributions(space: SearchSpace) -> dict[str, BaseDistribution]:
+
+def config_distributions(space: SearchSpace, batch_sizes: list[int]) -> dict[str, BaseDistribution]:
     return {
         "method": CategoricalDistribution([m.value for m in space.methods]),
         "lora": CategoricalDistribution(list(space.lora_choices)),
         "learning_rate": FloatDistribution(*space.learning_rate, log=True),
-        "max_steps": IntDistribution(*space.max_steps),
-        "batch_size": CategoricalDistribution(list(space.batch_sizes)),
-        "num_examples": IntDistribution(*space.num_examples, log=True),
-        "init_from": CategoricalDistribution(["champion", "base"]),
+        "batch_size": CategoricalDistribution(list(batch_sizes)),
     }
 
 
-def plan_to_params(plan: ExperimentPlan) -> dict:
+def plan_params(plan: ExperimentPlan) -> dict:
     hp = plan.hyperparameters
-    return {
-        "method": plan.method.value, "lora": hp.lora, "learning_rate": hp.learning_rate,
-        "max_steps": hp.max_steps, "batch_size": hp.per_device_batch_size,
-        "num_examples": plan.dataset.num_examples, "init_from": plan.init_from,
-    }
+    return {"method": plan.method.value, "lora": hp.lora, "learning_rate": hp.learning_rate,
+            "batch_size": hp.per_device_batch_size}
 
 
-def params_to_plan(params: dict, sampler: str, space: SearchSpace) -> ExperimentPlan:
+def default_config(ctx: PlanningContext) -> dict:
+    """The trl-style defaults a user gets without research (Hyperparameters()), at a batch the space allows."""
+    hp = Hyperparameters()
+    batches = ctx.batch_sizes()
+    batch = hp.per_device_batch_size if hp.per_device_batch_size in batches else batches[0]
+    return {"method": ctx.goal.search_space.methods[0].value, "lora": False if False in ctx.goal.search_space.lora_choices
+            else ctx.goal.search_space.lora_choices[0], "learning_rate": hp.learning_rate, "batch_size": batch}
+
+
+def make_plan(params: dict, steps: int, ctx: PlanningContext, *, stage: str, init_from: str = "base",
+              seed: int = 0, rationale: str = "", lr_scheduler: str = "cosine",
+              base: Hyperparameters | None = None) -> ExperimentPlan:
     method = Method(params["method"])
     batch = params["batch_size"]
-    hp = Hyperparameters(
-        learning_rate=params["learning_rate"], max_steps=params["max_steps"],
-        per_device_batch_size=batch, lora=params["lora"], max_length=space.max_length,
-    )
+    hp = (base or Hyperparameters()).model_copy(update={
+        "learning_rate": params["learning_rate"], "max_steps": max(1, steps), "per_device_batch_size": batch,
+        "gradient_accumulation_steps": 1, "lora": params["lora"], "max_length": ctx.goal.search_space.max_length,
+        "lr_scheduler": lr_scheduler,
+    })
     if method == Method.grpo:
         hp.num_generations = 4 if batch % 4 == 0 else 2
+    space = ctx.goal.search_space
+    rows = fresh_rows(hp.max_steps, batch * hp.gradient_accumulation_steps)
+    if space.num_examples is not None:
+        rows = min(max(rows, space.num_examples[0]), space.num_examples[1])
     return ExperimentPlan(
-        method=method, init_from=params["init_from"], hyperparameters=hp,
-        dataset=DatasetRecipe(source="benchmark", num_examples=params["num_examples"]),
-        rationale=f"Optuna {sampler} sampler over the goal's search space (no LLM configured).",
+        method=method, init_from=init_from, hyperparameters=hp, stage=stage,
+        dataset=DatasetRecipe(source="benchmark", num_examples=rows, seed=seed), rationale=rationale,
     )
+
+
+def _inside(params: dict, dists: dict[str, BaseDistribution]) -> bool:
+    for key, dist in dists.items():
+        if key not in params:
+            return False
+        value = params[key]
+        if isinstance(dist, CategoricalDistribution):
+            if value not in dist.choices:
+                return False
+        elif not dist._contains(dist.to_internal_repr(value)):
+            return False
+    return True
+
+
+def to_trial(r: ExperimentResult, params: dict, dists: dict[str, BaseDistribution], eta: int):
+    """A finished experiment as an Optuna trial: COMPLETE with its dev score, PRUNED with its rung
+    values (at steps eta**k, in units of the first rung), or FAIL."""
+    if not _inside(params, dists):
+        return None  # e.g. an LLM plan outside the search space
+    rungs = {eta ** p.rung: p.value for p in r.curve if getattr(p, "rung", None) is not None}
+    if r.status == "succeeded" and r.dev is not None:
+        return optuna.trial.create_trial(params=params, distributions=dists, value=r.dev.value,
+                                         intermediate_values=rungs, state=TrialState.COMPLETE)
+    if r.status == "pruned" and rungs:
+        return optuna.trial.create_trial(params=params, distributions=dists, intermediate_values=rungs,
+                                         state=TrialState.PRUNED)
+    return optuna.trial.create_trial(params=params, distributions=dists, state=TrialState.FAIL)
+
+
+def sampler_for(kind: str, seed: int) -> optuna.samplers.BaseSampler:
+    if kind == "random":
+        return optuna.samplers.RandomSampler(seed=seed)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, multivariate=True, warn_independent_sampling=False)
+
+
+@dataclass
+class ConfigProposer:
+    """TPE over configurations (no size) for the multi-fidelity loop; the first trial is the defaults."""
+
+    sampler: str = "tpe"
+    name: str = "optuna-tpe"
+
+    def propose_config(self, ctx: PlanningContext, trials: list[ExperimentResult], eta: int) -> dict:
+        dists = config_distributions(ctx.goal.search_space, ctx.batch_sizes())
+        seen = {_key(plan_params(r.plan)) for r in trials} | {_key(plan_params(p)) for p in ctx.pending}
+        if not trials and not ctx.pending:
+            return default_config(ctx)
+        for attempt in range(30):
+            study = optuna.create_study(direction="maximize",
+                                        sampler=sampler_for(self.sampler, ctx.goal.seed * 1000 + len(trials) * 37 + attempt))
+            for r in trials:
+                t = to_trial(r, plan_params(r.plan), dists, eta)
+                if t is not None:
+                    study.add_trial(t)
+            params = study.ask(dists).params
+            if _key(params) not in seen:
+                return params
+        raise PlanRejected("no unseen configuration in 30 samples: widen goal.search_space")
+
+
+def _key(params: dict) -> tuple:
+    return (params["method"], params["lora"], round(params["learning_rate"], 12), params["batch_size"])
 
 
 @dataclass
 class SearchPlanner:
+    """Plain Optuna search over budget-sized plans (the baseline the loop must beat)."""
+
     sampler: str = "tpe"
     name: str = ""
 
@@ -76,25 +159,26 @@ class SearchPlanner:
                 return validate_plan(fix_plan(ctx.failure_plan, ctx.failure), ctx)
             except (ValueError, PlanRejected) as exc:  # nothing left to fix: plan afresh
                 log.warning("no rule fixes plan %s (%s); sampling a new plan", ctx.failure_plan.plan_id(), exc)
-        space = ctx.goal.search_space
-        dists = distributions(space)
+        sz = ctx.size()
+        dists = {**config_distributions(ctx.goal.search_space, sz.batch_sizes),
+                 "share": FloatDistribution(MIN_SHARE, MAX_SHARE, log=True)}
+        if sz.left_s < sz.job_seconds(sz.min_steps, sz.batch_sizes[0]):
+            raise PlannerDone(f"the {sz.left_s:.0f} accelerator-seconds left cannot fund another experiment")
         for attempt in range(20):
-            seed = ctx.goal.seed * 1000 + len(ctx.history) * 37 + attempt
-            sampler = (optuna.samplers.TPESampler(seed=seed, n_startup_trials=3)
-                       if self.sampler == "tpe" else optuna.samplers.RandomSampler(seed=seed))
-            study = optuna.create_study(direction="maximize", sampler=sampler)
+            study = optuna.create_study(direction="maximize",
+                                        sampler=sampler_for(self.sampler, ctx.goal.seed * 1000 + len(ctx.history) * 37 + attempt))
             for r in ctx.history:
-                params = plan_to_params(r.plan)
-                if not _inside(params, dists):
-                    continue  # e.g. an LLM plan outside the search space
-                ok = r.status == "succeeded" and r.dev is not None
-                study.add_trial(optuna.trial.create_trial(
-                    params=params, distributions=dists,
-                    value=r.dev.value if ok else None,
-                    state=optuna.trial.TrialState.COMPLETE if ok else optuna.trial.TrialState.FAIL,
-                ))
-            trial = study.ask(dists)
-            plan = params_to_plan(trial.params, self.sampler, space)
+                params = {**plan_params(r.plan), "share": _share(r, sz.budget_s)}
+                t = to_trial(r, params, dists, 3)
+                if t is not None:
+                    study.add_trial(t)
+            params = study.ask(dists).params
+            job_s = min(params["share"] * sz.budget_s, sz.left_s)
+            steps = max(sz.min_steps, sz.steps_for_job(job_s, params["batch_size"], Method(params["method"])))
+            steps = min(steps, sz.max_steps)
+            plan = make_plan(params, steps, ctx, stage="search", seed=len(ctx.history),
+                             rationale=f"Optuna {self.sampler} search over budget-sized plans: "
+                                       f"{params['share']:.0%} of the budget ({job_s:.0f} s).")
             try:
                 return validate_plan(plan, ctx)
             except PlanRejected as exc:
@@ -102,12 +186,27 @@ class SearchPlanner:
         raise PlanRejected("search planner found no unseen plan in 20 samples: widen goal.search_space")
 
 
-def _inside(params: dict, dists: dict[str, BaseDistribution]) -> bool:
-    for key, value in params.items():
-        dist = dists[key]
-        if isinstance(dist, CategoricalDistribution):
-            if value not in dist.choices:
-                return False
-        elif not dist._contains(dist.to_internal_repr(value)):
-            return False
-    return True
+def _share(r: ExperimentResult, budget_s: float) -> float:
+    """The budget share a finished search trial was sized for (clamped into the distribution)."""
+    share = (r.accelerator_hours * 3600) / budget_s if budget_s else MIN_SHARE
+    return min(MAX_SHARE, max(MIN_SHARE, share))
+
+
+@dataclass
+class SingleRunPlanner:
+    """ONE run with default hyperparameters, sized to use the whole budget (a baseline)."""
+
+    name: str = "single-run"
+    done: bool = field(default=False)
+
+    def propose(self, ctx: PlanningContext) -> ExperimentPlan:
+        if ctx.failure is not None and ctx.failure_plan is not None:
+            return validate_plan(fix_plan(ctx.failure_plan, ctx.failure), ctx)
+        if any(r.status == "succeeded" for r in ctx.history):
+            raise PlannerDone("the single run is done")
+        sz = ctx.size()
+        params = default_config(ctx)
+        steps = min(sz.max_steps, max(sz.min_steps, sz.steps_for_job(sz.left_s * 0.97, params["batch_size"])))
+        plan = make_plan(params, steps, ctx, stage="single",
+                         rationale=f"One run with default hyperparameters sized to the whole budget ({sz.left_s:.0f} s).")
+        return validate_plan(plan, ctx)

@@ -30,8 +30,9 @@ def base_args(job: TrainJob) -> dict:
         learning_rate=hp.learning_rate,
         warmup_steps=hp.warmup_ratio,  # a float < 1 is a ratio of max_steps in transformers 5
         weight_decay=hp.weight_decay,
-        lr_scheduler_type="cosine",
-        logging_steps=1,
+        lr_scheduler_type=hp.lr_scheduler,
+        # every step for short runs (tests read one loss per step), ~200 points for long ones
+        logging_steps=max(1, hp.max_steps // 200),
         save_strategy="no",
         report_to=["mlflow"],
         run_name=job.plan.plan_id(),

@@ -2,8 +2,8 @@
 
 Rows are conversational preference pairs: {"prompt": [user msg], "chosen": [assistant msg],
 "rejected": [assistant msg]}. With LoRA the reference model is the policy with its adapter
-disabled (no second copy in memory); with full fine-tuning trl loads a frozen reference copy
-from the same path.
+disabled (no second copy in memory); with full fine-tuning trl makes a frozen reference copy
+of the starting model.
 """
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ from mlintern.training.common import base_args, load_jsonl, lora_config
 from mlintern.training.job import TrainJob
 
 
-def build_dpo_trainer(job: TrainJob, callbacks: list):
+def build_dpo_trainer(job: TrainJob, callbacks: list, model, tokenizer):
     from trl import DPOConfig, DPOTrainer
 
     hp = job.plan.hyperparameters
@@ -22,7 +22,8 @@ def build_dpo_trainer(job: TrainJob, callbacks: list):
         max_length=hp.max_length,
     )
     return DPOTrainer(
-        model=job.model_path,
+        model=model,
+        processing_class=tokenizer,
         args=args,
         train_dataset=load_jsonl(job.data_path),
         peft_config=lora_config(hp),

@@ -17,7 +17,7 @@ from mlintern.training.job import TrainJob
 from mlintern.training.rewards import reward_setup
 
 
-def build_grpo_trainer(job: TrainJob, callbacks: list):
+def build_grpo_trainer(job: TrainJob, callbacks: list, model, tokenizer):
     from trl import GRPOConfig, GRPOTrainer
 
     hp = job.plan.hyperparameters
@@ -37,7 +37,8 @@ def build_grpo_trainer(job: TrainJob, callbacks: list):
         remove_unused_columns=False,  # the reward functions read answer, rg_task, ... columns
     )
     return GRPOTrainer(
-        model=job.model_path,
+        model=model,
+        processing_class=tokenizer,
         args=args,
         train_dataset=load_jsonl(job.data_path),
         reward_funcs=reward_funcs,

@@ -1,10 +1,13 @@
-"""The contract between the controller and a training process (a JSON file each way)."""
+"""The contract between the controller and a training job (JSON each way, over a file or a socket)."""
 
 from __future__ import annotations
 
-from pydantic import BaseModel
+from typing import Literal
 
-from mlintern.schemas import ExperimentPlan, Failure
+from pydantic import BaseModel, Field
+
+from mlintern.evaluation.lmeval import EvalSpec
+from mlintern.schemas import CurvePoint, EvalScore, ExperimentPlan, Failure, Fidelity
 
 
 class TrainJob(BaseModel):
@@ -17,15 +20,28 @@ class TrainJob(BaseModel):
     # Scorer context for GRPO rewards (the benchmark's own scorer).
     benchmark_kind: str = "reasoning_gym"
     benchmark_metric: str = "score"
-    # Fault injection for tests and drills: "oom" | "nan" | "crash" (never set by a planner).
-    inject_fault: str | None = None
+    fidelity: Fidelity = Field(default_factory=Fidelity)
+    evaluation: EvalSpec | None = Field(
+        None, description="Score dev in the job, from the weights in memory (rungs and the final check).")
+    mlflow_run_id: str | None = None
+    tracking_uri: str | None = None
+    # Fault injection for tests and drills (never set by a planner), e.g. {"oom_above_batch": 4}.
+    faults: dict | None = None
 
 
 class TrainOutcome(BaseModel):
-    status: str  # "succeeded" | "failed"
+    status: Literal["succeeded", "failed", "pruned"]
     model_dir: str | None = None
     final_loss: float | None = None
     steps: int = 0
-    train_seconds: float = 0.0
-    wall_seconds: float = 0.0  # the whole child process: imports, model load, save (GPU held)
+    examples: int = 0
+    tokens: int = 0
+    train_seconds: float = 0.0  # trainer build + train + save, inside the job
+    train_loop_seconds: float = 0.0  # optimizer loop only, dev checks excluded
+    eval_seconds: float = 0.0  # dev checks and the final dev score, inside the job
+    wall_seconds: float = 0.0  # the whole job as its runner saw it (fresh process: imports too)
+    dev: EvalScore | None = None
+    curve: list[CurvePoint] = Field(default_factory=list)
+    pruned_at: float | None = None
+    stopped_by_time_limit: bool = False
     failure: Failure | None = None

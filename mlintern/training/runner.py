@@ -1,8 +1,10 @@
-"""Child-process entry point: `python -m mlintern.training.runner JOB.json OUTCOME.json`.
+"""One training job: load, train (dev checks at rungs, Optuna pruning, time cap), score dev and save,
+from the weights in memory.
 
-Running each training job in its own process releases all memory between experiments,
-lets the controller enforce a hard timeout, and turns a crash into a classified failure
-instead of a dead controller. MLflow logging goes to the run named by MLFLOW_RUN_ID.
+It runs inside the persistent per-GPU training worker (mlintern.worker) or, as the fresh-process
+path, as `python -m mlintern.training.runner JOB.json OUTCOME.json` (one process per job: what
+`accelerate launch` needs, and the baseline the worker is measured against). MLflow logging goes to
+the job's run.
 """
 
 from __future__ import annotations
@@ -56,18 +58,18 @@ class FaultInjector:
         return _Injector()
 
 
-def build_trainer(job: TrainJob, callbacks: list):
+def build_trainer(job: TrainJob, callbacks: list, model, tokenizer):
     if job.plan.method == Method.sft:
         from mlintern.training.sft import build_sft_trainer
 
-        return build_sft_trainer(job, callbacks)
+        return build_sft_trainer(job, callbacks, model, tokenizer)
     if job.plan.method == Method.dpo:
         from mlintern.training.dpo import build_dpo_trainer
 
-        return build_dpo_trainer(job, callbacks)
+        return build_dpo_trainer(job, callbacks, model, tokenizer)
     from mlintern.training.grpo import build_grpo_trainer
 
-    return build_grpo_trainer(job, callbacks)
+    return build_grpo_trainer(job, callbacks, model, tokenizer)
 
 
 def save_model(trainer, out: Path, faults: dict | None = None) -> None:
@@ -94,40 +96,102 @@ def save_model(trainer, out: Path, faults: dict | None = None) -> None:
         tmp.rename(out)
 
 
-def run(job: TrainJob, faults: dict | None = None) -> TrainOutcome:
+def use_job_tracking(job: TrainJob) -> None:
+    """Point transformers' MLflow callback at the job's run (the worker clears the previous job's)."""
+    for key, value in (("MLFLOW_RUN_ID", job.mlflow_run_id), ("MLFLOW_TRACKING_URI", job.tracking_uri)):
+        if value:
+            os.environ[key] = value
+    os.environ.setdefault("HF_MLFLOW_LOG_ARTIFACTS", "0")
+    os.environ.setdefault("MLFLOW_FLATTEN_PARAMS", "1")
+
+
+def _curve_logger(job: TrainJob):
+    if not job.mlflow_run_id:
+        return None
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient(job.tracking_uri)
+
+    def log_point(point, step: int) -> None:
+        client.log_metric(job.mlflow_run_id, "dev_score", point.value, step=step)
+        client.log_metric(job.mlflow_run_id, "dev_score_train_seconds", point.train_seconds, step=step)
+
+    return log_point
+
+
+def run(job: TrainJob, faults: dict | None = None, cache=None) -> TrainOutcome:
+    """Train `job`, check dev at its rungs (pruning), score dev at the end and save, all from the
+    weights in memory. Raises on failure (the caller classifies); returns the outcome otherwise."""
+    from mlintern.evaluation.lmeval import evaluate_loaded
+    from mlintern.training.loading import load_for_training
+    from mlintern.training.pruning import FidelityCallback
+    from mlintern.training.sft import attn_implementation
+
+    faults = faults if faults is not None else job.faults
+    use_job_tracking(job)
+    hp = job.plan.hyperparameters
     # GRPO's loss starts near 0 (it is KL-dominated), so only NaN/inf count as divergence there.
     guard = DivergenceGuard(factor=math.inf) if job.plan.method == Method.grpo else DivergenceGuard()
-    callbacks = [guard] + ([FaultInjector(faults, job)] if faults else [])
     start = time.time()
-    trainer = build_trainer(job, callbacks)
+    model, tokenizer = load_for_training(job.model_path, attn_implementation(job), cache)
+    holder: dict = {}
+
+    def score_dev():
+        return evaluate_loaded(holder["trainer"].model, tokenizer, job.evaluation, seed=job.seed)
+
+    eps = hp.per_device_batch_size * hp.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", "1"))
+    fidelity = FidelityCallback(job.fidelity, score_dev if job.evaluation else None, eps, _curve_logger(job))
+    callbacks = [guard, fidelity] + ([FaultInjector(faults, job)] if faults else [])
+    trainer = build_trainer(job, callbacks, model, tokenizer)
+    holder["trainer"] = trainer
     result = trainer.train()
+    loop_seconds = fidelity.train_clock()
     if guard.reason:
         raise DivergenceError(f"training stopped early: {guard.reason}")
-    out = Path(job.output_dir) / "model"
-    save_model(trainer, out, faults)
-    return TrainOutcome(
-        status="succeeded", model_dir=str(out), final_loss=guard.last_loss,
-        steps=int(result.global_step), train_seconds=time.time() - start,
+    steps = int(result.global_step)
+    tokens = next((int(e["num_tokens"]) for e in reversed(trainer.state.log_history) if "num_tokens" in e), 0)
+    outcome = TrainOutcome(
+        status="pruned" if fidelity.pruned_at is not None else "succeeded", final_loss=guard.last_loss,
+        steps=steps, examples=steps * eps, tokens=tokens, train_loop_seconds=loop_seconds,
+        pruned_at=fidelity.pruned_at, stopped_by_time_limit=fidelity.time_capped,
     )
+    if outcome.status == "succeeded":
+        if job.evaluation is not None:
+            if fidelity.last_eval_step != steps:
+                fidelity.check(steps, None)
+            outcome.dev = fidelity.last_score
+        out = Path(job.output_dir) / "model"
+        save_model(trainer, out, faults)
+        outcome.model_dir = str(out)
+    elif fidelity.last_score is not None:
+        outcome.dev = fidelity.last_score  # the pruned trial's last rung
+    outcome.curve = fidelity.curve
+    outcome.eval_seconds = fidelity.eval_seconds
+    outcome.train_seconds = time.time() - start
+    return outcome
+
+
+def run_safely(job: TrainJob, faults: dict | None = None, cache=None) -> TrainOutcome:
+    """`run`, with any exception turned into a classified failed outcome (the log keeps the traceback)."""
+    try:
+        return run(job, faults, cache)
+    except Exception as exc:  # classified from the type, message and traceback
+        from mlintern.training.failures import classify
+
+        traceback.print_exc()
+        return TrainOutcome(status="failed", failure=classify(exc, traceback.format_exc()))
 
 
 def main(argv: list[str]) -> int:
+    """The fresh-process path: `python -m mlintern.training.runner JOB.json OUTCOME.json [FAULTS]`."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     job_path, outcome_path = Path(argv[0]), Path(argv[1])
     job = TrainJob.model_validate_json(job_path.read_text())
     faults = json.loads(argv[2]) if len(argv) > 2 and argv[2] else None
-    try:
-        outcome = run(job, faults)
-        code = 0
-    except Exception as exc:  # classified by the parent from the type, message and log tail
-        from mlintern.training.failures import classify
-
-        traceback.print_exc()
-        outcome = TrainOutcome(status="failed", failure=classify(exc, traceback.format_exc()))
-        code = 1
+    outcome = run_safely(job, faults)
     if int(os.environ.get("RANK", "0")) == 0:  # one outcome file, from rank 0
         outcome_path.write_text(outcome.model_dump_json())
-    return code
+    return 0 if outcome.status != "failed" else 1
 
 
 if __name__ == "__main__":

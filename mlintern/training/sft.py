@@ -6,17 +6,19 @@ from mlintern.training.common import base_args, load_jsonl, lora_config, resolve
 from mlintern.training.job import TrainJob
 
 
-def build_sft_trainer(job: TrainJob, callbacks: list):
+def attn_implementation(job: TrainJob) -> str | None:
+    """Padding-free packing runs with flex attention on a GPU (packing with sdpa attends across the
+    whole packed row and was slower, bench/RESULTS.md); everything else keeps the default."""
+    if job.plan.hyperparameters.packing and resolve_device(job.device) == "cuda":
+        return "flex_attention"
+    return None
+
+
+def build_sft_trainer(job: TrainJob, callbacks: list, model, tokenizer):
     from trl import SFTConfig, SFTTrainer
 
     hp = job.plan.hyperparameters
-    extra = {}
-    if hp.packing:
-        # padding-free packing; on GPU with flex attention (packing with sdpa attends across the
-        # whole packed row and was slower, bench/RESULTS.md)
-        extra["packing"] = True
-        if resolve_device(job.device) == "cuda":
-            extra["model_init_kwargs"] = {"attn_implementation": "flex_attention"}
+    extra = {"packing": True} if hp.packing else {}
     args = SFTConfig(
         **base_args(job),
         max_length=hp.max_length,
@@ -24,7 +26,8 @@ def build_sft_trainer(job: TrainJob, callbacks: list):
         **extra,
     )
     return SFTTrainer(
-        model=job.model_path,
+        model=model,
+        processing_class=tokenizer,
         args=args,
         train_dataset=load_jsonl(job.data_path),
         peft_config=lora_config(hp),

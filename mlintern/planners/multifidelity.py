@@ -1,0 +1,148 @@
+"""The research loop's policy: multi-fidelity search, then scale-up of the winner.
+
+1. Explore (the first `schedule.explore_fraction` of the accelerator budget): new configurations,
+   from Optuna TPE (the first one is the defaults) or from the LLM, each sized to train R seconds
+   from the base model, with dev checks at rungs R/eta**k. Optuna's SuccessiveHalvingPruner, run
+   inside the training job (mlintern.training.pruning), stops a trial at a rung unless it is in the
+   top 1/eta of the trials that reached that rung, so most trials cost R/eta**(rungs-1).
+2. Scale up (the rest): the champion (the best configuration, beyond evaluation noise) is continued
+   on fresh rows with everything that is left, in one run; if measurement error leaves budget over,
+   another continuation follows, until what is left cannot fund an experiment.
+
+Nothing here writes a scheduler: the promotion decision is Optuna's pruner, the configurations are
+Optuna's sampler (or the LLM); this module only decides which phase the budget is in and sizes plans.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+
+from mlintern.budget import Sizing, rung_seconds
+from mlintern.planners.base import Planner, PlannerDone, PlanningContext, PlanRejected, validate_plan
+from mlintern.planners.rules import fix_plan
+from mlintern.planners.search import ConfigProposer, default_config, make_plan, plan_params
+from mlintern.schemas import ExperimentPlan, ExperimentResult, Fidelity, Goal, Hyperparameters
+
+log = logging.getLogger(__name__)
+SCALE_UP_MARGIN = 0.02  # of the whole budget, kept back for estimation error
+
+
+@dataclass
+class MultiFidelityPlanner:
+    proposer: Planner | None = None  # an LLM planner; None = Optuna TPE over configurations
+    name: str = ""
+
+    def __post_init__(self) -> None:
+        self.configs = ConfigProposer()
+        self.name = f"multi-fidelity ({self.proposer.name if self.proposer else 'optuna-tpe'})"
+
+    # The LLM proposer's client and spend, for the literature digests and the report.
+    @property
+    def client(self):
+        return getattr(self.proposer, "client", None)
+
+    @property
+    def spent_dollars(self) -> float:
+        return getattr(self.proposer, "spent_dollars", 0.0)
+
+    def propose(self, ctx: PlanningContext) -> ExperimentPlan:
+        if ctx.failure is not None and ctx.failure_plan is not None:
+            return self._fix(ctx)
+        sz = ctx.size()
+        cheapest = sz.job_seconds(sz.min_steps, sz.batch_sizes[-1])
+        if sz.left_s < cheapest:
+            raise PlannerDone(f"budget spent: {sz.used_s:.0f} of {sz.budget_s:.0f} accelerator-seconds used "
+                              f"({sz.used_s / sz.budget_s:.0%}); {sz.left_s:.0f} s cannot fund another experiment")
+        if self.exploring(ctx, sz):
+            return self._explore(ctx, sz)
+        return self._scale_up(ctx, sz)
+
+    def exploring(self, ctx: PlanningContext, sz: Sizing) -> bool:
+        goal = ctx.goal
+        pending = sum(sz.job_seconds(p.hyperparameters.max_steps, _eps(p.hyperparameters), p.method)
+                      for p in ctx.pending)
+        spent = sz.used_s + pending
+        return (spent < goal.schedule.explore_fraction * sz.budget_s and ctx.experiments_left - len(ctx.pending) > 1
+                and not (goal.target_score is not None and _best(ctx) >= goal.target_score))
+
+    def _explore(self, ctx: PlanningContext, sz: Sizing) -> ExperimentPlan:
+        trials = [r for r in ctx.history if r.plan.stage == "explore"]
+        rungs = ctx.rungs or rung_seconds(ctx.goal, sz, _default_batch(ctx))
+        if self.proposer is not None:
+            plan = self.proposer.propose(ctx).model_copy(update={"stage": "explore"})
+            return validate_plan(plan, ctx)
+        params = self.configs.propose_config(ctx, trials, ctx.goal.schedule.reduction_factor)
+        steps = sz.throughput.steps_in(rungs[-1], params["batch_size"], params["method"])
+        steps = min(sz.max_steps, max(sz.min_steps, steps))
+        plan = make_plan(params, steps, ctx, stage="explore", seed=0,
+                         rationale=f"Exploration trial {len(trials) + len(ctx.pending) + 1}: Optuna TPE "
+                                   f"configuration, {rungs[-1]:.0f} s of training from the base model, dev checks at "
+                                   f"{', '.join(f'{r:.0f}' for r in rungs)} s (successive halving, eta "
+                                   f"{ctx.goal.schedule.reduction_factor}).")
+        return validate_plan(plan, ctx)
+
+    def _scale_up(self, ctx: PlanningContext, sz: Sizing) -> ExperimentPlan:
+        """Continue the best configuration with everything that is left (minus a small margin)."""
+        champion = ctx.champion
+        if champion is not None:
+            params, init, base = plan_params(champion.plan), "champion", champion.plan.hyperparameters
+            source = f"the champion {champion.plan_id} (dev {champion.dev.value:.4f})"
+        else:
+            best = _best_trial(ctx.history)
+            params = plan_params(best.plan) if best else default_config(ctx)
+            init, base = "base", best.plan.hyperparameters if best else None
+            source = f"the best trial {best.plan_id}'s configuration" if best else "the default configuration"
+        job_s = sz.left_s - SCALE_UP_MARGIN * sz.budget_s
+        steps = min(sz.max_steps, sz.steps_for_job(job_s, params["batch_size"], params["method"]))
+        if steps < sz.min_steps:
+            raise PlannerDone(f"budget spent: {sz.used_s:.0f} of {sz.budget_s:.0f} accelerator-seconds used "
+                              f"({sz.used_s / sz.budget_s:.0%})")
+        segment = 1 + sum(r.plan.stage == "scale_up" for r in ctx.history) + sum(p.stage == "scale_up" for p in ctx.pending)
+        plan = make_plan(params, steps, ctx, stage="scale_up", init_from=init, seed=segment, base=base,
+                         rationale=f"Scale-up {segment}: continue {source} on fresh rows with the "
+                                   f"{sz.left_s:.0f} accelerator-seconds left ({steps} steps).")
+        plan.hyperparameters.warmup_ratio = max(plan.hyperparameters.warmup_ratio, 0.03)
+        return validate_plan(plan, ctx)
+
+    def _fix(self, ctx: PlanningContext) -> ExperimentPlan:
+        if self.proposer is not None:
+            try:
+                return self.proposer.propose(ctx)
+            except PlanRejected as exc:
+                log.warning("the LLM's fix was rejected (%s); using the rule-based fix", exc)
+        try:
+            return validate_plan(fix_plan(ctx.failure_plan, ctx.failure), ctx)
+        except (ValueError, PlanRejected) as exc:
+            raise PlanRejected(f"no rule fixes plan {ctx.failure_plan.plan_id()}: {exc}") from None
+
+
+def fidelity_for(plan: ExperimentPlan, goal: Goal, sz: Sizing, history: list[ExperimentResult],
+                 rungs: list[float]) -> Fidelity:
+    """Dev checks (rungs) and the training-time cap of one run. Exploration trials get the rungs (the
+    same for every trial of the goal, so values line up) and their peers' rung values (so the pruner
+    can compare); every run gets a time cap that keeps it inside what is left of the budget."""
+    cap = max(1.0, sz.train_seconds_for_job(sz.left_s))  # never train past what is left of the budget
+    if plan.stage != "explore":
+        return Fidelity(time_limit_s=cap)
+    peers = [{p.rung: p.value for p in r.curve if p.rung is not None}
+             for r in history if r.plan.stage == "explore" and r.status != "failed"]
+    return Fidelity(time_limit_s=cap, rung_seconds=rungs, reduction_factor=goal.schedule.reduction_factor,
+                    peers=[p for p in peers if p])
+
+
+def _eps(hp: Hyperparameters) -> int:
+    return hp.per_device_batch_size * hp.gradient_accumulation_steps
+
+
+def _default_batch(ctx: PlanningContext) -> int:
+    return default_config(ctx)["batch_size"]
+
+
+def _best(ctx: PlanningContext) -> float:
+    return ctx.champion.dev.value if ctx.champion else ctx.baseline.value
+
+
+def _best_trial(history: list[ExperimentResult]) -> ExperimentResult | None:
+    scored = [r for r in history if r.status == "succeeded" and r.dev is not None]
+    return max(scored, key=lambda r: r.dev.value) if scored else None

@@ -1,0 +1,111 @@
+"""Dev checks during training, with Optuna's successive-halving pruner deciding at each rung.
+
+The loop's schedule gives each exploration trial rung times (training-clock seconds, dev checks
+excluded) and the rung values of the trials that finished before it. At each rung this callback
+scores dev on the weights in memory, logs the point (MLflow metric `dev_score`, the curve a good run
+shows), reports it to an Optuna trial and asks Optuna's `SuccessiveHalvingPruner` whether to go on:
+the trial continues only if it is in the top 1/eta of the trials that reached that rung. Rungs are
+reported at step eta**k (the resource in units of the first rung), so Optuna's own rung arithmetic
+(`min_resource=1`) matches the schedule. The study is rebuilt in memory from the peers' values, so
+no shared Optuna storage is needed and a job runs the same on any host.
+
+The same callback enforces the run's training-time cap (the budget guard).
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+
+import optuna
+from optuna.distributions import FloatDistribution
+from optuna.trial import TrialState
+from transformers import TrainerCallback
+
+from mlintern.schemas import CurvePoint, EvalScore, Fidelity
+
+log = logging.getLogger(__name__)
+optuna.logging.set_verbosity(optuna.logging.WARNING)
+_DIST = {"x": FloatDistribution(0.0, 1.0)}  # trials need a parameter; the pruner ignores it
+
+
+def pruning_trial(fidelity: Fidelity) -> optuna.Trial:
+    """An Optuna trial in a study holding the peers' rung values (as the pruner itself records them)."""
+    eta = fidelity.reduction_factor
+    pruner = optuna.pruners.SuccessiveHalvingPruner(min_resource=1, reduction_factor=eta, min_early_stopping_rate=0)
+    study = optuna.create_study(direction="maximize", pruner=pruner)
+    for peer in fidelity.peers:
+        rungs = {int(k): float(v) for k, v in peer.items()}
+        study.add_trial(optuna.trial.create_trial(
+            params={"x": 0.5}, distributions=_DIST, state=TrialState.PRUNED,
+            intermediate_values={eta ** k: v for k, v in rungs.items()},
+            system_attrs={f"completed_rung_{k}": v for k, v in rungs.items()},
+        ))
+    study.enqueue_trial({"x": 0.5})
+    return study.ask(_DIST)
+
+
+class FidelityCallback(TrainerCallback):
+    """Dev checks at the rungs, the pruner's decision after each but the last, and the time cap."""
+
+    def __init__(self, fidelity: Fidelity, evaluate: Callable[[], EvalScore] | None,
+                 examples_per_step: int, log_point: Callable[[CurvePoint, int], None] | None = None):
+        self.fidelity = fidelity
+        self.evaluate = evaluate
+        self.examples_per_step = examples_per_step
+        self.log_point = log_point
+        self.trial = pruning_trial(fidelity) if fidelity.rung_seconds and evaluate else None
+        self.next_rung = 0
+        self.curve: list[CurvePoint] = []
+        self.eval_seconds = 0.0
+        self.started: float | None = None
+        self.pruned_at: float | None = None
+        self.time_capped = False
+        self.last_eval_step: int | None = None
+        self.last_score: EvalScore | None = None
+
+    def train_clock(self) -> float:
+        """Seconds of training so far, dev checks excluded."""
+        if self.started is None:
+            return 0.0
+        return time.time() - self.started - self.eval_seconds
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.started = time.time()
+
+    def check(self, step: int, rung: int | None) -> EvalScore:
+        t0 = time.time()
+        clock = self.train_clock()
+        score = self.evaluate()
+        self.eval_seconds += time.time() - t0
+        point = CurvePoint(step=step, examples=step * self.examples_per_step, train_seconds=round(clock, 3),
+                           value=score.value, rung=rung)
+        self.curve.append(point)
+        self.last_eval_step, self.last_score = step, score
+        if self.log_point is not None:
+            self.log_point(point, step)
+        return score
+
+    def on_step_end(self, args, state, control, **kwargs):
+        clock = self.train_clock()
+        rungs = self.fidelity.rung_seconds
+        if self.trial is not None and self.next_rung < len(rungs) and clock >= rungs[self.next_rung]:
+            k = self.next_rung
+            self.next_rung += 1
+            score = self.check(state.global_step, k)
+            self.trial.report(score.value, self.fidelity.reduction_factor ** k)
+            last = k == len(rungs) - 1
+            if not last and self.trial.should_prune():
+                self.pruned_at = clock
+                control.should_training_stop = True
+                log.info("pruned at rung %d (%.1f s of training): dev %.4f", k, clock, score.value)
+                return control
+            if last:
+                control.should_training_stop = True  # the trial's last rung: it has had its budget
+        cap = self.fidelity.time_limit_s
+        if cap is not None and clock >= cap and not control.should_training_stop:
+            self.time_capped = True
+            control.should_training_stop = True
+            log.info("training stopped by its time cap (%.1f s >= %.1f s)", clock, cap)
+        return control

@@ -1,0 +1,18 @@
+"""The persistent training worker: one long-lived process per accelerator that imports torch,
+transformers, trl and lm-eval once, keeps the models it loaded, and runs training and evaluation
+jobs one at a time from a local socket.
+
+- `client.submit(request, timeout_s)` is what the Prefect `train` and `evaluate` tasks call: it
+  finds the worker for this process's device (or starts it), queues behind other clients with a
+  file lock, sends the job and waits for the answer within the task's timeout.
+- `server` is the worker. A job's exception is caught and returned as a classified failure, and the
+  worker goes on; a hard death (SIGKILL, the OOM killer, a CUDA fault) is seen by the client as a
+  failed job, and the next job starts a new worker.
+- It dies with its controller: when the client that sent the running job goes away (the controller
+  was killed), it exits at once, so a restarted controller never races a job still writing to its
+  run; it also exits when its owner process is gone or it has been idle `INTERN_WORKER_IDLE_S`.
+"""
+
+from mlintern.worker.protocol import WorkerReply, WorkerRequest
+
+__all__ = ["WorkerReply", "WorkerRequest"]

@@ -1,0 +1,196 @@
+"""Send a job to this process's persistent training worker, starting the worker when none runs."""
+
+from __future__ import annotations
+
+import fcntl
+import logging
+import os
+import secrets
+import signal
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from multiprocessing.connection import Client
+from pathlib import Path
+
+from mlintern.worker.protocol import WorkerReply, WorkerRequest, runtime_dir, worker_key
+
+log = logging.getLogger(__name__)
+START_TIMEOUT_S = 300.0  # imports of torch + transformers + trl + lm-eval on a busy 2-core box
+_spawned: dict[str, subprocess.Popen] = {}  # workers this process started (their exit codes are ours to read)
+
+
+class WorkerDied(RuntimeError):
+    """The worker process ended during the job (SIGKILL, the OOM killer, a hard crash)."""
+
+
+class WorkerTimeout(RuntimeError):
+    """The job outran its timeout; the worker was killed."""
+
+
+@dataclass
+class WorkerPaths:
+    folder: Path
+
+    @property
+    def sock(self) -> Path:
+        return self.folder / "sock"
+
+    @property
+    def lock(self) -> Path:
+        return self.folder / "lock"
+
+    @property
+    def pid(self) -> Path:
+        return self.folder / "pid"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "worker.log"
+
+    @property
+    def authkey(self) -> Path:
+        return self.folder / "authkey"
+
+    def worker_pid(self) -> int | None:
+        try:
+            return int(self.pid.read_text())
+        except (OSError, ValueError):
+            return None
+
+
+def paths() -> WorkerPaths:
+    folder = runtime_dir() / f"worker-{worker_key()}"
+    folder.mkdir(mode=0o700, exist_ok=True)
+    return WorkerPaths(folder)
+
+
+def idle_seconds() -> float:
+    return float(os.environ.get("INTERN_WORKER_IDLE_S", "600"))
+
+
+def _owner() -> int:
+    """The worker lives as long as this pid: INTERN_WORKER_OWNER_PID (the Prefect worker, set by
+    deployments/start_workers.sh) or, by default, the process that starts it (the controller)."""
+    return int(os.environ.get("INTERN_WORKER_OWNER_PID") or os.getpid())
+
+
+def _connect(p: WorkerPaths):
+    return Client(str(p.sock), family="AF_UNIX", authkey=p.authkey.read_bytes())
+
+
+def _spawn(p: WorkerPaths) -> None:
+    p.sock.unlink(missing_ok=True)
+    p.authkey.write_bytes(secrets.token_bytes(32))
+    p.authkey.chmod(0o600)
+    log_file = open(p.log, "ab")
+    cmd = [sys.executable, "-m", "mlintern.worker.server", "--dir", str(p.folder), "--owner", str(_owner()),
+           "--idle", str(idle_seconds())]
+    proc = subprocess.Popen(cmd, stdout=log_file, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+                            start_new_session=True, env=dict(os.environ))
+    _spawned[str(p.folder)] = proc
+    log.info("started a training worker (pid %d, log %s)", proc.pid, p.log)
+    deadline = time.time() + START_TIMEOUT_S
+    while time.time() < deadline:
+        if proc.poll() is not None:
+            raise WorkerDied(f"the training worker exited with code {proc.returncode} while starting; "
+                             f"its log ({p.log}) ends with:\n{_tail(p.log)}")
+        if p.sock.exists():
+            try:
+                _connect(p).close()
+                return
+            except (ConnectionRefusedError, FileNotFoundError, EOFError, OSError):
+                pass
+        time.sleep(0.2)
+    os.killpg(proc.pid, signal.SIGKILL)
+    raise WorkerTimeout(f"the training worker did not start within {START_TIMEOUT_S:.0f} s; see {p.log}")
+
+
+def _acquire(lock_file, timeout_s: float) -> None:
+    deadline = time.time() + timeout_s
+    while True:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return
+        except BlockingIOError:
+            if time.time() > deadline:
+                raise WorkerTimeout(f"waited {timeout_s:.0f} s for this device's training worker, "
+                                    "which is busy with another job") from None
+            time.sleep(0.5)
+
+
+def kill(p: WorkerPaths) -> None:
+    pid = p.worker_pid()
+    if pid:
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except (ProcessLookupError, PermissionError):
+            pass
+    proc = _spawned.pop(str(p.folder), None)
+    if proc is not None:
+        proc.wait()
+    p.sock.unlink(missing_ok=True)
+    p.pid.unlink(missing_ok=True)
+
+
+def _reap() -> None:
+    """Collect the exit status of workers this process started that have since exited (no zombies)."""
+    for key, proc in list(_spawned.items()):
+        if proc.poll() is not None:
+            _spawned.pop(key, None)
+
+
+def submit(req: WorkerRequest, timeout_s: float, queue_timeout_s: float | None = None) -> WorkerReply:
+    """Run `req` on this device's worker; wait at most `timeout_s` for the job itself."""
+    _reap()
+    p = paths()
+    with open(p.lock, "a+") as lock_file:
+        _acquire(lock_file, queue_timeout_s if queue_timeout_s is not None else timeout_s)
+        try:
+            conn = _connect(p)
+        except (ConnectionRefusedError, FileNotFoundError, EOFError, OSError):
+            _spawn(p)
+            conn = _connect(p)
+        with conn:
+            conn.send_bytes(req.model_dump_json().encode())
+            if not conn.poll(timeout_s):
+                kill(p)
+                raise WorkerTimeout(f"the job outran its {timeout_s:.0f} s limit; its training worker was killed")
+            try:
+                data = conn.recv_bytes()
+            except (EOFError, OSError):
+                raise WorkerDied(_death_message(p)) from None
+        return WorkerReply.model_validate_json(data)
+
+
+def _death_message(p: WorkerPaths) -> str:
+    proc = _spawned.pop(str(p.folder), None)
+    code = None
+    if proc is not None:
+        try:
+            code = proc.wait(timeout=10)
+        except subprocess.TimeoutExpired:
+            pass
+    pid = p.worker_pid()
+    p.sock.unlink(missing_ok=True)
+    p.pid.unlink(missing_ok=True)
+    how = f"exited with code {code}" if code is not None else "died"
+    return (f"the training worker (pid {pid}) {how} during the job (SIGKILL or the out-of-memory killer "
+            f"if -9); the next job starts a new worker")
+
+
+def stop() -> bool:
+    """Stop this process's worker, if one runs (used at the end of an embedded loop)."""
+    p = paths()
+    if p.worker_pid() is None:
+        return False
+    kill(p)
+    return True
+
+
+def _tail(path: Path, n: int = 3000) -> str:
+    try:
+        return path.read_bytes()[-n:].decode("utf-8", errors="replace")
+    except OSError:
+        return ""

@@ -1,0 +1,70 @@
+"""Messages between a training task and the persistent worker (JSON over a Unix socket)."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import sys
+from pathlib import Path
+from typing import Literal
+
+from pydantic import BaseModel
+
+from mlintern.evaluation.lmeval import EvalSpec
+from mlintern.schemas import EvalScore
+from mlintern.training.job import TrainJob, TrainOutcome
+
+
+class EvalJob(BaseModel):
+    model_path: str
+    spec: EvalSpec
+    device: str = "auto"
+
+
+class WorkerRequest(BaseModel):
+    kind: Literal["train", "eval", "ping"]
+    train: TrainJob | None = None
+    eval: EvalJob | None = None
+    log_path: str | None = None  # the job's own log (stdout and stderr of the job go there)
+
+
+class WorkerReply(BaseModel):
+    ok: bool
+    outcome: TrainOutcome | None = None
+    score: EvalScore | None = None
+    error: str | None = None
+    job_seconds: float = 0.0  # wall time of the job inside the worker (load, train, eval, save)
+    worker_pid: int = 0
+    jobs_done: int = 0  # jobs this worker ran before this one (0: a fresh worker)
+    cache_hits: int = 0
+
+
+# Environment that shapes a worker's behaviour: two processes that differ here get different workers.
+# Per-job settings (work dir, tracking URI, fault injection) travel in the request instead.
+_PER_JOB = {"INTERN_WORK_DIR", "INTERN_TRACKING_URI", "INTERN_INJECT_FAULTS", "INTERN_WORKER_OWNER_PID",
+            "INTERN_EXPERIMENT_DEPLOYMENT", "INTERN_LLM_API_KEY"}
+_PREFIXES = ("INTERN_", "HF_", "TRANSFORMERS_", "CUDA_", "PYTORCH_", "TORCH", "NCCL_", "OMP_", "MKL_")
+
+
+def code_fingerprint() -> str:
+    """Changes when the installed mlintern code changes, so a stale worker is never reused."""
+    root = Path(__file__).resolve().parent.parent
+    h = hashlib.sha256()
+    for f in sorted(root.rglob("*.py")):
+        st = f.stat()
+        h.update(f"{f.relative_to(root)}:{st.st_mtime_ns}:{st.st_size}".encode())
+    return h.hexdigest()[:12]
+
+
+def worker_key() -> str:
+    env = sorted((k, v) for k, v in os.environ.items() if k.startswith(_PREFIXES) and k not in _PER_JOB)
+    h = hashlib.sha256(repr((sys.executable, code_fingerprint(), env)).encode())
+    return h.hexdigest()[:16]
+
+
+def runtime_dir() -> Path:
+    """Sockets and locks live on local disk (a Unix socket does not work on NFS), per user."""
+    base = os.environ.get("INTERN_RUNTIME_DIR") or os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
+    path = Path(base) / f"ml-intern-{os.getuid()}"
+    path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,242 @@
+"""The persistent training worker process: `python -m mlintern.worker.server --dir DIR --owner PID`.
+
+DIR holds `sock` (the Unix socket), `authkey` (0600, written by whoever started it), `pid` and
+`worker.log`. One job at a time; see mlintern/worker/__init__.py for the contract.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gc
+import logging
+import os
+import sys
+import threading
+import time
+import traceback
+from contextlib import contextmanager
+from multiprocessing.connection import Connection, Listener
+from pathlib import Path
+
+from mlintern.worker.protocol import WorkerReply, WorkerRequest
+
+log = logging.getLogger("mlintern.worker")
+_FATAL = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS_EXECUTION_FAILED",
+          "NCCL error", "unspecified launch failure")
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+class Worker:
+    def __init__(self, folder: Path, owner: int | None, idle_s: float):
+        from mlintern.training.loading import ModelCache
+
+        self.folder = folder
+        self.owner = owner
+        self.idle_s = idle_s
+        self.busy = False
+        self.last_active = time.time()
+        self.jobs_done = 0
+        self.cache = ModelCache(size=2)
+
+    def watchdog(self) -> None:
+        """Exit when the owner is gone or the worker has been idle too long (never mid-job)."""
+        while True:
+            time.sleep(1.0)
+            if self.busy:
+                continue
+            if self.owner and not _alive(self.owner):
+                log.info("owner %s is gone: exiting", self.owner)
+                self._exit(0)
+            if time.time() - self.last_active > self.idle_s:
+                log.info("idle for %.0f s: exiting", self.idle_s)
+                self._exit(0)
+
+    def _exit(self, code: int) -> None:
+        for name in ("sock", "pid"):
+            (self.folder / name).unlink(missing_ok=True)
+        os._exit(code)
+
+    def watch_client(self, conn: Connection, done: threading.Event) -> None:
+        """The client that sent the running job went away (its controller was killed): stop at once,
+        so nothing more is written for a job nobody waits for."""
+        while not done.is_set():
+            try:
+                if conn.poll(0.2) and not done.is_set():
+                    conn.recv_bytes()
+            except (EOFError, OSError):
+                if not done.is_set():
+                    log.warning("client disconnected mid-job: exiting")
+                    self._exit(3)
+                return
+
+    def handle(self, req: WorkerRequest) -> tuple[WorkerReply, bool]:
+        """Run one job; returns the reply and whether the worker must exit after answering."""
+        from mlintern.training.runner import run_safely
+
+        start = time.time()
+        for key in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI"):  # never log into the previous job's run
+            os.environ.pop(key, None)
+        if req.kind == "ping":
+            return WorkerReply(ok=True, worker_pid=os.getpid(), jobs_done=self.jobs_done), False
+        try:
+            if req.kind == "train":
+                outcome = run_safely(req.train, cache=self.cache)
+                reply = WorkerReply(ok=True, outcome=outcome)
+                fatal = outcome.failure is not None and any(m in outcome.failure.message + outcome.failure.log_tail
+                                                            for m in _FATAL)
+            else:
+                reply = WorkerReply(ok=True, score=self._evaluate(req))
+                fatal = False
+        except Exception as exc:  # an evaluation error: reported, the worker goes on
+            traceback.print_exc()
+            reply, fatal = WorkerReply(ok=False, error=f"{type(exc).__name__}: {exc}"), False
+        reply.job_seconds = time.time() - start
+        reply.worker_pid, reply.jobs_done, reply.cache_hits = os.getpid(), self.jobs_done, self.cache.hits
+        self.jobs_done += 1
+        self._release()
+        if fatal:  # a CUDA fault poisons the context: answer, then make room for a fresh worker
+            reply.error = "the worker's CUDA context is unusable after this job; a new worker starts for the next one"
+        return reply, fatal
+
+    def _evaluate(self, req: WorkerRequest):
+        import torch
+
+        from mlintern.evaluation.lmeval import _device, evaluate_loaded
+
+        job = req.eval
+        model, tok = self.cache.get(job.model_path, None)
+        device = _device(job.device)
+        if device.startswith("cuda"):
+            model = model.to(device=device, dtype=torch.bfloat16)
+        try:
+            return evaluate_loaded(model, tok, job.spec)
+        finally:
+            del model
+
+    def _release(self) -> None:
+        """Free what the job held on the accelerator; reset accelerate's process-wide state."""
+        gc.collect()
+        try:
+            import torch
+
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
+            from accelerate.state import AcceleratorState, GradientState
+
+            AcceleratorState._reset_state(True)
+            GradientState._reset_state()
+        except Exception:  # noqa: BLE001 - cleanup is best effort
+            log.exception("cleanup after a job failed")
+        try:
+            import mlflow
+
+            while mlflow.active_run() is not None:
+                mlflow.end_run()
+        except Exception:  # noqa: BLE001
+            log.exception("closing the MLflow run after a job failed")
+
+
+@contextmanager
+def job_output(path: str | None):
+    """Send this job's stdout and stderr (Python and C level) to its own log file."""
+    if not path:
+        yield
+        return
+    sys.stdout.flush()
+    sys.stderr.flush()
+    saved = os.dup(1), os.dup(2)
+    with open(path, "ab", buffering=0) as f:
+        os.dup2(f.fileno(), 1)
+        os.dup2(f.fileno(), 2)
+        try:
+            yield
+        finally:
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os.dup2(saved[0], 1)
+            os.dup2(saved[1], 2)
+            os.close(saved[0])
+            os.close(saved[1])
+
+
+def warm_up() -> None:
+    """Pay the imports once: this is most of a fresh process's fixed cost (bench/RESULTS.md part 3)."""
+    import datasets  # noqa: F401
+    import lm_eval.models.huggingface  # noqa: F401
+    import mlflow  # noqa: F401
+    import peft  # noqa: F401
+    import torch
+    import transformers  # noqa: F401
+    import trl  # noqa: F401
+
+    from mlintern.training import runner, sft  # noqa: F401
+
+    if torch.cuda.is_available():
+        torch.zeros(1, device="cuda")  # create the CUDA context now, not in the first job
+
+
+def serve(folder: Path, owner: int | None, idle_s: float) -> None:
+    from mlintern.settings import apply_env_defaults
+
+    apply_env_defaults()
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s worker %(levelname)s %(message)s")
+    warm_up()
+    worker = Worker(folder, owner, idle_s)
+    authkey = (folder / "authkey").read_bytes()
+    sock = folder / "sock"
+    sock.unlink(missing_ok=True)
+    listener = Listener(str(sock), family="AF_UNIX", authkey=authkey)
+    (folder / "pid").write_text(str(os.getpid()))
+    threading.Thread(target=worker.watchdog, daemon=True).start()
+    log.info("ready (pid %d, owner %s, idle limit %.0f s)", os.getpid(), owner, idle_s)
+    while True:
+        try:
+            conn = listener.accept()
+        except (OSError, EOFError) as exc:  # a client that failed authentication, or went away early
+            log.warning("rejected a connection: %s", exc)
+            continue
+        try:
+            req = WorkerRequest.model_validate_json(conn.recv_bytes())
+        except (EOFError, OSError, ValueError) as exc:
+            log.warning("bad request: %s", exc)
+            conn.close()
+            continue
+        worker.busy = True
+        done = threading.Event()
+        watcher = threading.Thread(target=worker.watch_client, args=(conn, done), daemon=True)
+        watcher.start()
+        with job_output(req.log_path):
+            reply, fatal = worker.handle(req)
+        done.set()
+        watcher.join()
+        try:
+            conn.send_bytes(reply.model_dump_json().encode())
+        except (OSError, EOFError):
+            log.warning("the client left before the answer")
+        conn.close()
+        worker.busy = False
+        worker.last_active = time.time()
+        if fatal:
+            worker._exit(4)
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description="ml-intern persistent training worker")
+    parser.add_argument("--dir", required=True, type=Path)
+    parser.add_argument("--owner", type=int, default=0, help="exit when this pid is gone (0: never)")
+    parser.add_argument("--idle", type=float, default=600.0, help="exit after this many idle seconds")
+    args = parser.parse_args(argv)
+    serve(args.dir, args.owner or None, args.idle)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,157 @@
+"""Budget sizing and the research policy (pure logic: no training)."""
+
+import pytest
+
+from mlintern.budget import Throughput, fit_throughput, prior_throughput, rung_seconds, sizing
+from mlintern.planners.base import PlannerDone, PlanningContext
+from mlintern.planners.multifidelity import MultiFidelityPlanner, fidelity_for
+from mlintern.planners.search import SearchPlanner, SingleRunPlanner
+from mlintern.schemas import CurvePoint, EvalScore, ExperimentPlan, ExperimentResult, Goal, Hyperparameters
+from mlintern.training.pruning import pruning_trial
+
+GPU = Throughput(step_overhead_s=0.09, example_s=0.001, fixed_s=2.0, eval_item_s=0.01, tokens_per_example=40)
+
+
+def gpu_goal(seconds=300, **kw) -> Goal:
+    return Goal(name="g", budget={"gpu_hours": seconds / 3600, "max_experiments": 60}, **kw)
+
+
+def ctx(goal: Goal, history=(), champion=None, pending=(), throughput=GPU) -> PlanningContext:
+    used = sum(r.accelerator_hours for r in history) * 3600
+    sz = sizing(goal, used, fit_throughput(throughput, list(history)), on_gpu=True)
+    base = EvalScore(task="dev", metric="score", value=0.01, stderr=0.005, n=300)
+    return PlanningContext(goal=goal, metric="score", baseline=base, history=list(history), champion=champion,
+                           experiments_left=goal.budget.max_experiments - len(history), hours_left=sz.left_s / 3600,
+                           pending=list(pending), sizing=sz, on_gpu=True,
+                           rungs=rung_seconds(goal, sizing(goal, 0, throughput, True), 8))
+
+
+def finished(plan: ExperimentPlan, seconds: float, value: float, status="succeeded", rungs=()) -> ExperimentResult:
+    hp = plan.hyperparameters
+    steps = hp.max_steps if status == "succeeded" else max(1, hp.max_steps // 9)
+    curve = [CurvePoint(step=i, examples=i, train_seconds=i, value=v, rung=k) for k, (i, v) in enumerate(rungs)]
+    return ExperimentResult(
+        plan_id=plan.plan_id(), plan=plan, status=status, accelerator_hours=seconds / 3600,
+        dev=EvalScore(task="dev", metric="score", value=value, stderr=0.02, n=300), steps=steps,
+        examples=steps * hp.per_device_batch_size, train_loop_seconds=seconds - 4, job_seconds=seconds,
+        eval_seconds=2.0, curve=curve, model_path="/tmp/m")
+
+
+def test_throughput_fit_recovers_the_cost_per_step_and_per_example():
+    truth = Throughput(step_overhead_s=0.08, example_s=0.002, fixed_s=3.0, eval_item_s=0.01, tokens_per_example=40)
+    prior = prior_throughput(135e6, True, 40)
+    history = []
+    for batch in (8, 32):
+        plan = ExperimentPlan(hyperparameters=Hyperparameters(per_device_batch_size=batch, max_steps=200))
+        loop = truth.train_seconds(200, batch)
+        r = finished(plan, loop + 5, 0.3)
+        r.train_loop_seconds, r.job_seconds, r.eval_seconds = loop, loop + 5, 2.0
+        r.curve = [CurvePoint(step=200, examples=200 * batch, train_seconds=loop, value=0.3)]
+        history.append(r)
+    fit = fit_throughput(prior, history)
+    assert fit.measured == 2 and fit.source == "measured"
+    assert fit.step_overhead_s == pytest.approx(0.08, rel=1e-6) and fit.example_s == pytest.approx(0.002, rel=1e-6)
+    assert fit.fixed_s == pytest.approx(3.0) and fit.eval_item_s == pytest.approx(2.0 / 300)
+
+
+def test_experiment_sizes_follow_the_budget_not_a_fixed_range():
+    """The old default search space ran 8-30 steps whatever the budget; now steps scale with it."""
+    small = sizing(gpu_goal(120), 0, GPU, True)
+    large = sizing(Goal(budget={"gpu_hours": 10}), 0, GPU, True)
+    assert small.max_steps < large.max_steps
+    assert large.max_steps > 300_000 and small.max_steps > 900
+    pinned = sizing(Goal(budget={"gpu_hours": 10}, search_space={"max_steps": [8, 30]}), 0, GPU, True)
+    assert (pinned.min_steps, pinned.max_steps) == (8, 30), "a goal may pin the size (the CPU demo does)"
+
+
+def simulated(plan: ExperimentPlan, value: float, status="succeeded", stop_at_s: float | None = None) -> ExperimentResult:
+    """A result whose timings follow the GPU cost model (pruned: stopped at `stop_at_s` of training)."""
+    hp = plan.hyperparameters
+    steps = hp.max_steps if stop_at_s is None else max(1, GPU.steps_in(stop_at_s, hp.per_device_batch_size))
+    loop = GPU.train_seconds(steps, hp.per_device_batch_size)
+    job = GPU.fixed_s + loop + GPU.eval_seconds(300)
+    return ExperimentResult(
+        plan_id=plan.plan_id(), plan=plan, status=status, accelerator_hours=job / 3600, job_seconds=job,
+        dev=EvalScore(task="dev", metric="score", value=value, stderr=0.02, n=300), steps=steps,
+        examples=steps * hp.per_device_batch_size, train_loop_seconds=loop, eval_seconds=GPU.eval_seconds(300),
+        curve=[CurvePoint(step=steps, examples=steps, train_seconds=loop, value=value, rung=0)], model_path="/tmp/m")
+
+
+def test_the_loop_explores_from_the_defaults_then_scales_up_the_champion_with_what_is_left():
+    goal = gpu_goal(300)
+    planner = MultiFidelityPlanner()
+    first = planner.propose(ctx(goal))
+    hp = first.hyperparameters
+    assert first.stage == "explore" and first.init_from == "base"
+    assert (hp.learning_rate, hp.per_device_batch_size) == (Hyperparameters().learning_rate, 8), "defaults first"
+    trial_s = GPU.train_seconds(hp.max_steps, 8)
+    # a trial's job is a third of the exploration budget (105 s / 3): 2 s fixed, 3 dev checks of 3 s, 24 s training
+    assert trial_s == pytest.approx(24, abs=GPU.step_seconds(8)), "R = explore budget / 3, less its fixed part"
+    assert first.dataset.num_examples == hp.max_steps * 8, "one epoch of fresh rows"
+
+    champion = simulated(first, 0.40)
+    history, plan = [champion], None
+    for i in range(30):  # later trials: pruned at their first rung
+        plan = planner.propose(ctx(goal, history, champion=champion))
+        if plan.stage != "explore":
+            break
+        assert plan.plan_id() not in {r.plan_id for r in history}
+        history.append(simulated(plan, 0.2, status="pruned", stop_at_s=ctx(goal).rungs[0]))
+    used = sum(r.accelerator_hours for r in history) * 3600
+    assert plan.stage == "scale_up" and 0.35 * 300 <= used < 0.35 * 300 + 15, "explore with 35%, then scale up"
+    assert len(history) >= 8, "most trials stop at the first rung: many configurations for the budget"
+    assert plan.init_from == "champion" and plan.hyperparameters.learning_rate == hp.learning_rate
+    assert plan.dataset.seed != first.dataset.seed, "continued on fresh rows"
+    cost = sizing(goal, used, GPU, True).job_seconds(plan.hyperparameters.max_steps, 8)
+    assert 0.95 * (300 - used) - 6 <= cost <= 300 - used, "sized to spend what is left (minus a small margin)"
+
+    history.append(simulated(plan, 0.8))
+    with pytest.raises(PlannerDone, match=r"budget spent: 29\d of 300 accelerator-seconds used \(9\d%\)"):
+        planner.propose(ctx(goal, history, champion=champion))
+
+
+def test_exploration_trials_are_checked_at_rungs_against_their_peers():
+    goal = gpu_goal(300)
+    c = ctx(goal)
+    plan = MultiFidelityPlanner().propose(c)
+    peer = finished(plan, 30, 0.4, rungs=[(10, 0.2), (30, 0.3), (90, 0.4)])
+    fid = fidelity_for(plan, goal, c.sizing, [peer], c.rungs)
+    assert len(fid.rung_seconds) == 3 and fid.rung_seconds[1] == pytest.approx(3 * fid.rung_seconds[0], rel=0.01)
+    assert fid.peers == [{0: 0.2, 1: 0.3, 2: 0.4}]
+    assert fid.time_limit_s <= c.sizing.train_seconds_for_job(300)
+    up = plan.model_copy(update={"stage": "scale_up"})
+    assert fidelity_for(up, goal, c.sizing, [peer], c.rungs).rung_seconds == [], "a scale-up is not pruned"
+
+
+def test_successive_halving_prunes_below_the_top_third_of_a_rung():
+    from mlintern.schemas import Fidelity
+
+    peers = [{0: v} for v in (0.10, 0.20, 0.30, 0.40, 0.50)]
+    weak = pruning_trial(Fidelity(rung_seconds=[1, 3, 9], peers=peers))
+    weak.report(0.35, 1)
+    assert weak.should_prune(), "0.35 is not in the top third of six"
+    strong = pruning_trial(Fidelity(rung_seconds=[1, 3, 9], peers=peers))
+    strong.report(0.45, 1)
+    assert not strong.should_prune()
+    alone = pruning_trial(Fidelity(rung_seconds=[1, 3, 9], peers=[]))
+    alone.report(0.01, 1)
+    assert not alone.should_prune(), "the first trial has nothing to lose against"
+
+
+def test_single_run_baseline_is_one_default_run_sized_to_the_whole_budget():
+    goal = gpu_goal(300)
+    plan = SingleRunPlanner().propose(ctx(goal))
+    assert plan.stage == "single" and plan.hyperparameters.learning_rate == Hyperparameters().learning_rate
+    assert 0.9 * 300 < sizing(goal, 0, GPU, True).job_seconds(plan.hyperparameters.max_steps, 8) <= 300
+    with pytest.raises(PlannerDone):
+        SingleRunPlanner().propose(ctx(goal, [finished(plan, 290, 0.7)]))
+
+
+def test_plain_search_samples_budget_sized_trials():
+    goal = gpu_goal(300)
+    history = []
+    for _ in range(4):
+        plan = SearchPlanner().propose(ctx(goal, history))
+        cost = sizing(goal, 0, GPU, True).job_seconds(plan.hyperparameters.max_steps, plan.hyperparameters.per_device_batch_size)
+        assert 0.04 * 300 < cost < 0.34 * 300 + 1
+        history.append(finished(plan, cost, 0.3))

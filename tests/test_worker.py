@@ -1,0 +1,135 @@
+"""The persistent training worker: real processes, real trl training and lm-eval on SmolLM2-135M."""
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from mlintern.benchmarks import prepare_benchmark
+from mlintern.schemas import BenchmarkSpec, ExperimentPlan, Fidelity
+from mlintern.settings import get_settings
+from mlintern.training.job import TrainJob
+from mlintern.worker import client
+from mlintern.worker.protocol import WorkerRequest
+from tests.conftest import ROOT
+from tests.test_training_sft import sft_rows
+
+
+def _alive(pid: int) -> bool:
+    import psutil
+
+    try:
+        return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+    except psutil.NoSuchProcess:
+        return False
+
+
+def wait_dead(pid: int, seconds: float) -> bool:
+    deadline = time.time() + seconds
+    while time.time() < deadline:
+        if not _alive(pid):
+            return True
+        time.sleep(0.2)
+    return False
+
+
+@pytest.fixture
+def job_for(intern_env, smol_model):
+    """A train job on the real model: 2 steps, dev scored in the job on 6 items."""
+    from tasks.evaluate import eval_spec
+
+    bench = prepare_benchmark(BenchmarkSpec(dev_size=6, test_size=6, max_gen_toks=6), intern_env / "work")
+    mlflow_client = MlflowClient()
+    exp = mlflow_client.create_experiment(f"worker-{intern_env.name}")
+
+    def make(name: str, steps: int = 2, fidelity: Fidelity | None = None, faults=None) -> tuple[TrainJob, str]:
+        run_id = mlflow_client.create_run(exp).info.run_id
+        plan = ExperimentPlan(hyperparameters={"max_steps": steps, "per_device_batch_size": 2, "max_length": 64,
+                                               "learning_rate": 1e-4}, dataset={"seed": len(name)})
+        job = TrainJob(plan=plan, model_path=smol_model, data_path=sft_rows(intern_env / f"{name}.jsonl", n=8 * steps),
+                       output_dir=str(intern_env / name), device="cpu", evaluation=eval_spec(bench, "dev", "cpu"),
+                       fidelity=fidelity or Fidelity(), mlflow_run_id=run_id,
+                       tracking_uri=get_settings().resolved_tracking_uri(), faults=faults)
+        return job, run_id
+
+    return make
+
+
+def test_worker_runs_jobs_in_one_process_and_keeps_the_model(job_for, intern_env):
+    first, run1 = job_for("a")
+    r1 = client.submit(WorkerRequest(kind="train", train=first, log_path=str(intern_env / "a.log")), 900)
+    second, _ = job_for("b")
+    r2 = client.submit(WorkerRequest(kind="train", train=second, log_path=str(intern_env / "b.log")), 900)
+    assert r1.ok and r2.ok and r1.outcome.status == r2.outcome.status == "succeeded", (r1, r2)
+    assert r2.worker_pid == r1.worker_pid and r2.jobs_done == r1.jobs_done + 1, "the same process served both"
+    assert r2.cache_hits > r1.cache_hits, "the base model was read from disk once"
+    out = r2.outcome
+    assert out.dev is not None and out.dev.n == 6, "dev scored in the job, from the weights in memory"
+    assert out.steps == 2 and out.examples == 4 and out.tokens > 0 and out.train_loop_seconds > 0
+    assert (Path(out.model_dir) / "model.safetensors").exists()
+    fixed = r2.job_seconds - out.train_loop_seconds - out.eval_seconds
+    assert 0 <= fixed < r2.job_seconds
+    assert "loss" in MlflowClient().get_run(run1).data.metrics, "trl's step metrics reach the job's run"
+    assert b"'loss'" in (intern_env / "a.log").read_bytes() or (intern_env / "a.log").stat().st_size > 0
+
+
+def test_a_trial_below_its_peers_is_pruned_at_its_first_rung(job_for, intern_env):
+    """Optuna's successive-halving pruner, asked in the job: peers all scored 0.99 at rung 0."""
+    fidelity = Fidelity(rung_seconds=[0.001, 1e4, 3e4], peers=[{0: 0.99}, {0: 0.98}, {0: 0.97}])
+    job, run_id = job_for("pruned", steps=6, fidelity=fidelity)
+    reply = client.submit(WorkerRequest(kind="train", train=job, log_path=str(intern_env / "p.log")), 900)
+    out = reply.outcome
+    assert out.status == "pruned" and out.steps == 1, out
+    assert [p.rung for p in out.curve] == [0] and out.pruned_at is not None
+    assert out.model_dir is None and not (intern_env / "pruned" / "model").exists(), "a pruned trial saves nothing"
+    history = MlflowClient().get_metric_history(run_id, "dev_score")
+    assert [m.step for m in history] == [1], "the rung check is on the run's dev curve"
+
+
+def test_sigkill_mid_job_is_a_failed_job_and_the_next_job_gets_a_new_worker(job_for, intern_env, prefect_harness):
+    from tasks.train import train
+
+    job, run_id = job_for("killed", steps=3, faults={"die_at_step": 1})
+    outcome = train.fn(job, run_id, get_settings().resolved_tracking_uri(), 900)
+    assert outcome.status == "failed" and "code -9 during the job" in outcome.failure.message
+    assert outcome.failure.log_tail, "the job's log tail is kept for diagnosis"
+    again, run2 = job_for("after", steps=2)
+    assert train.fn(again, run2, get_settings().resolved_tracking_uri(), 900).status == "succeeded"
+
+
+def test_worker_dies_with_its_client_mid_job(job_for, intern_env):
+    """A killed controller must not leave its job training on: the worker exits when the client goes."""
+    job, _ = job_for("orphan", steps=400)
+    script = intern_env / "client.py"
+    script.write_text(
+        "import sys\nfrom mlintern.worker import client\nfrom mlintern.worker.protocol import WorkerRequest\n"
+        "from mlintern.training.job import TrainJob\n"
+        f"job = TrainJob.model_validate_json(open({str(intern_env / 'job.json')!r}).read())\n"
+        f"client.submit(WorkerRequest(kind='train', train=job, log_path={str(intern_env / 'orphan.log')!r}), 900)\n")
+    (intern_env / "job.json").write_text(job.model_dump_json())
+    proc = subprocess.Popen([sys.executable, str(script)], cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)))
+    deadline = time.time() + 600
+    while b"'loss'" not in (intern_env / "orphan.log").read_bytes() if (intern_env / "orphan.log").exists() else True:
+        assert time.time() < deadline and proc.poll() is None, "training never started"
+        time.sleep(0.5)
+    pid = client.paths().worker_pid()
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    assert pid and wait_dead(pid, 10), "the worker stopped within seconds of losing its client"
+
+
+def test_worker_exits_when_its_owner_is_gone(intern_env, monkeypatch):
+    owner = subprocess.Popen(["sleep", "600"])
+    monkeypatch.setenv("INTERN_WORKER_OWNER_PID", str(owner.pid))
+    monkeypatch.setenv("INTERN_RUNTIME_DIR", str(intern_env / "rt"))  # a worker of its own
+    reply = client.submit(WorkerRequest(kind="ping"), 300)
+    assert _alive(reply.worker_pid)
+    owner.kill()
+    owner.wait()
+    assert wait_dead(reply.worker_pid, 10), "no worker outlives its owner"
