@@ -16,13 +16,12 @@ the controller and the CLI's dry run all size plans the same way.
 from __future__ import annotations
 
 import json
-import math
 import statistics
 from pathlib import Path
 
 from pydantic import BaseModel, Field
 
-from mlintern.schemas import ExperimentResult, Goal, Method
+from mlintern.schemas import ExperimentPlan, ExperimentResult, Goal, Hyperparameters, Method
 
 # Throughput priors, replaced by measurements after the first experiment. Conservative: a first
 # trial that is too short wastes little; one that is too long can eat the budget.
@@ -44,7 +43,13 @@ class Throughput(BaseModel):
     measured: int = 0
     source: str = "prior"
 
-    def step_seconds(self, examples_per_step: int, method: Method = Method.sft) -> float:
+    def examples_per_step(self, hp: Hyperparameters) -> float:
+        """Examples an optimizer step sees: the micro-batch times accumulation, or for packed rows the
+        examples that fit in them (the cost model is per example)."""
+        rows = hp.per_device_batch_size * hp.gradient_accumulation_steps
+        return rows * hp.max_length / self.tokens_per_example if hp.packing else float(rows)
+
+    def step_seconds(self, examples_per_step: float, method: Method = Method.sft) -> float:
         return self.step_overhead_s + self.example_s * examples_per_step * METHOD_COST[Method(method)]
 
     def steps_in(self, train_seconds: float, examples_per_step: int, method: Method = Method.sft) -> int:
@@ -121,8 +126,7 @@ def fit_throughput(prior: Throughput, history: list[ExperimentResult]) -> Throug
         return prior
     points = []  # (examples per step, seconds per step of SFT-equivalent work, weight)
     for r in runs:
-        hp = r.plan.hyperparameters
-        eps = hp.per_device_batch_size * hp.gradient_accumulation_steps
+        eps = prior.examples_per_step(r.plan.hyperparameters)
         points.append((eps, r.train_loop_seconds / r.steps, r.steps, METHOD_COST[r.plan.method]))
     a, b = _fit_line(prior, points)
     fixed = [max(0.0, r.job_seconds - r.train_loop_seconds - r.eval_seconds) for r in runs if r.job_seconds > 0]
@@ -177,6 +181,11 @@ class Sizing(BaseModel):
     def job_seconds(self, steps: int, examples_per_step: int, method: Method = Method.sft, dev_checks: int = 1) -> float:
         t = self.throughput
         return t.fixed_s + t.train_seconds(steps, examples_per_step, method) + t.eval_seconds(self.dev_items * dev_checks)
+
+    def plan_job_seconds(self, plan: ExperimentPlan, dev_checks: int = 1) -> float:
+        """Predicted accounted seconds of a plan."""
+        hp = plan.hyperparameters
+        return self.job_seconds(hp.max_steps, self.throughput.examples_per_step(hp), plan.method, dev_checks)
 
     def train_seconds_for_job(self, job_s: float, dev_checks: int = 1) -> float:
         """Training-clock seconds a job of `job_s` accounted seconds leaves after its fixed part and dev checks."""
@@ -239,9 +248,3 @@ def fmt_seconds(s: float) -> str:
     return f"{s:.0f} s"
 
 
-def ceil_div(a: int, b: int) -> int:
-    return -(-a // b) if b else 0
-
-
-__all__ = ["Throughput", "Sizing", "fit_throughput", "prior_throughput", "sizing", "rung_seconds",
-           "fresh_rows", "model_params", "tokens_per_example", "default_batch_sizes", "fmt_seconds", "math"]

@@ -53,6 +53,7 @@ def run(
     llm_model: Optional[str] = typer.Option(None, help="litellm model name, e.g. openai/gpt-4o-mini."),
     llm_api_base: Optional[str] = typer.Option(None, help="Base URL of an OpenAI-compatible server."),
     no_literature: bool = typer.Option(False, "--no-literature", help="Skip the arXiv search."),
+    report_json: Optional[Path] = typer.Option(None, help="Also write the final report (LoopReport) as JSON here."),
 ) -> None:
     """Run the research loop until the target is met or the budget is spent."""
     apply_env_defaults()
@@ -67,10 +68,37 @@ def run(
     from flows.research_loop import research_loop
 
     report = research_loop(goal)
+    if report_json is not None:
+        report_json.write_text(report.model_dump_json(indent=2, exclude={"markdown"}))
     base, champ = report.baseline_test, report.champion_test or report.baseline_test
     console.print(f"\n[bold]held-out test ({report.baseline_dev.metric}):[/bold] "
                   f"base {base.value:.4f} -> champion {champ.value:.4f} "
                   f"({'champion ' + report.champion_plan_id if report.champion_plan_id else 'base kept'})")
+
+
+@app.command()
+def budget(
+    goal_file: Optional[Path] = typer.Option(None, "--goal", help="Goal JSON file (see `ml-intern goal`)."),
+    base_model: Optional[str] = typer.Option(None, help="Hub id, local folder, or builtin:smollm2-135m-instruct."),
+    gpu_hours: Optional[float] = typer.Option(None, help="Accelerator-hour budget."),
+    max_experiments: Optional[int] = typer.Option(None, help="Experiment budget."),
+    device: str = typer.Option("cuda", help="Where experiments will train: cuda or cpu."),
+    params: Optional[float] = typer.Option(None, help="Parameter count (default: read from the model's config)."),
+    tokens_per_example: float = typer.Option(200.0, help="Tokens of a training example (prompt + answer)."),
+) -> None:
+    """Dry run: the experiment sizes the loop would choose for a goal's budget (no GPU work)."""
+    apply_env_defaults()
+    from mlintern.budget import model_params, prior_throughput
+    from mlintern.preview import preview
+
+    g = load_goal(goal_file, {"base_model": base_model, "budget.gpu_hours": gpu_hours,
+                              "budget.max_experiments": max_experiments})
+    if params is None:
+        from tasks.budget import hub_params
+
+        params = model_params(g.base_model) if Path(g.base_model).exists() else (hub_params(g.base_model) or 1.5e9)
+    on_gpu = device == "cuda"
+    sys.stdout.write(preview(g, prior_throughput(params, on_gpu, tokens_per_example), on_gpu, params) + "\n")
 
 
 @app.command()

@@ -66,8 +66,7 @@ class LoopState:
         first = sizing(self.goal, self.used_s, throughput, self.on_gpu)
         if not pending:
             return first
-        committed = sum(first.job_seconds(p.hyperparameters.max_steps, p.hyperparameters.per_device_batch_size
-                                          * p.hyperparameters.gradient_accumulation_steps, p.method) for p in pending)
+        committed = sum(first.plan_job_seconds(p) for p in pending)
         return sizing(self.goal, self.used_s + committed, throughput, self.on_gpu)
 
     def usage(self) -> str:

@@ -155,3 +155,57 @@ def test_plain_search_samples_budget_sized_trials():
         cost = sizing(goal, 0, GPU, True).job_seconds(plan.hyperparameters.max_steps, plan.hyperparameters.per_device_batch_size)
         assert 0.04 * 300 < cost < 0.34 * 300 + 1
         history.append(finished(plan, cost, 0.3))
+
+
+def test_with_several_free_gpus_the_scale_up_is_split_among_continuations_of_the_champion():
+    goal = gpu_goal(300)
+    first = MultiFidelityPlanner().propose(ctx(goal))
+    champion = simulated(first, 0.5)
+    other = simulated(first.model_copy(update={"hyperparameters": first.hyperparameters.model_copy(
+        update={"learning_rate": 2e-4, "per_device_batch_size": 32})}), 0.3)
+    history = [champion, other]
+    for _ in range(20):  # spend the exploration budget
+        history.append(simulated(MultiFidelityPlanner().propose(ctx(goal, history, champion=champion)), 0.1,
+                                 status="pruned", stop_at_s=5))
+        if sum(r.accelerator_hours for r in history) * 3600 >= 105:
+            break
+    c = ctx(goal, history, champion=champion).model_copy(update={"slots": 2})
+    one = MultiFidelityPlanner().propose(c)
+    c2 = ctx(goal, history, champion=champion, pending=[one]).model_copy(update={"slots": 1})
+    two = MultiFidelityPlanner().propose(c2)
+    assert one.stage == two.stage == "scale_up" and one.init_from == two.init_from == "champion"
+    assert one.hyperparameters.learning_rate == first.hyperparameters.learning_rate
+    assert two.hyperparameters.learning_rate != one.hyperparameters.learning_rate, "another explored configuration"
+    assert one.dataset.seed != two.dataset.seed, "different fresh rows"
+    left = 300 - sum(r.accelerator_hours for r in history) * 3600
+    cost = sizing(goal, 0, GPU, True).plan_job_seconds(one)
+    assert cost == pytest.approx((left - 6) / 2, abs=2), "half of what is left each"
+
+
+def test_a_long_gpu_scale_up_trains_packed_with_as_many_examples_a_step():
+    from mlintern.planners.multifidelity import FAST_PATH_MIN_S
+
+    goal = Goal(budget={"gpu_hours": 2}, search_space={"max_length": 256})
+    tput = GPU.model_copy(update={"tokens_per_example": 64})
+    champion = simulated(MultiFidelityPlanner().propose(ctx(goal, throughput=tput)), 0.5)
+    history = [champion] + [champion.model_copy(update={"plan_id": f"x{i}", "accelerator_hours": 0.1,
+                                                         "status": "pruned"}) for i in range(7)]
+    up = MultiFidelityPlanner().propose(ctx(goal, history, champion=champion, throughput=tput))
+    hp = up.hyperparameters
+    assert up.stage == "scale_up" and hp.packing, "a run over FAST_PATH_MIN_S trains packed"
+    assert hp.per_device_batch_size == 2, "8 examples of 64 tokens = 2 packed rows of 256"
+    assert tput.examples_per_step(hp) == 8
+    assert tput.train_seconds(hp.max_steps, 8) > FAST_PATH_MIN_S
+
+
+def test_dry_run_lists_the_sizes_for_the_readme_example():
+    from mlintern.budget import prior_throughput
+    from mlintern.preview import preview
+
+    goal = Goal(name="qwen-gpqa", base_model="Qwen/Qwen3-1.7B-Base", budget={"gpu_hours": 10},
+                search_space={"max_length": 1024})
+    text = preview(goal, prior_throughput(1.72e9, True, 400), True, 1.72e9)
+    assert "budget 10.00 h (36000 accelerator-seconds)" in text
+    assert "trial 1 (the defaults: lr 5e-05, batch 8)" in text and "Scale-up" in text and "packed" in text
+    used = float(text.split("Budget used in this dry run: ")[1].split(" of")[0])
+    assert 0.9 * 36000 <= used <= 36000

@@ -39,6 +39,7 @@ class PlanningContext(BaseModel):
     sizing: Sizing | None = Field(None, description="Budget-derived bounds and the measured throughput.")
     on_gpu: bool = False
     rungs: list[float] = Field(default_factory=list, description="Training-clock seconds of exploration dev checks.")
+    slots: int = Field(1, ge=1, description="Experiments that can start now, this one included (free GPUs).")
 
     def seen_plan_ids(self) -> set[str]:
         return {r.plan_id for r in self.history} | {p.plan_id() for p in self.pending}
@@ -77,16 +78,11 @@ def validate_plan(plan: ExperimentPlan, ctx: PlanningContext) -> ExperimentPlan:
     problems = []
     if plan.method not in space.methods:
         problems.append(f"method: {plan.method.value!r} not allowed; allowed: {[m.value for m in space.methods]}")
-    if not sz.min_steps <= hp.max_steps <= sz.max_steps:
-        problems.append(f"hyperparameters.max_steps: {hp.max_steps} outside the budgeted range "
-                        f"[{sz.min_steps}, {sz.max_steps}] ({sz.left_s:.0f} accelerator-seconds left)")
-    elif plan.stage != "scale_up":
-        eps = hp.per_device_batch_size * hp.gradient_accumulation_steps
-        cost = sz.job_seconds(hp.max_steps, eps, plan.method)
-        if cost > sz.left_s * 1.05 + 1:
-            afford = sz.steps_for_job(sz.left_s, eps, plan.method)
-            problems.append(f"hyperparameters.max_steps: {hp.max_steps} steps at batch {eps} would take about "
-                            f"{cost:.0f} accelerator-seconds, more than the {sz.left_s:.0f} left; at most {afford}")
+    eps = sz.throughput.examples_per_step(hp)
+    most = sz.max_steps if space.max_steps is not None else max(sz.min_steps, sz.steps_for_job(sz.left_s, eps, plan.method))
+    if not sz.min_steps <= hp.max_steps <= (most if plan.stage != "scale_up" else max(most, hp.max_steps)):
+        problems.append(f"hyperparameters.max_steps: {hp.max_steps} outside the budgeted range [{sz.min_steps}, {most}] "
+                        f"at {eps:g} examples a step ({sz.left_s:.0f} accelerator-seconds left)")
     lo, hi = space.learning_rate
     if not lo / 10 <= hp.learning_rate <= hi * 10:
         problems.append(f"hyperparameters.learning_rate: {hp.learning_rate} far outside [{lo}, {hi}]")

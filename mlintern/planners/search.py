@@ -111,7 +111,7 @@ def to_trial(r: ExperimentResult, params: dict, dists: dict[str, BaseDistributio
 def sampler_for(kind: str, seed: int) -> optuna.samplers.BaseSampler:
     if kind == "random":
         return optuna.samplers.RandomSampler(seed=seed)
-    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, multivariate=True, warn_independent_sampling=False)
+    return optuna.samplers.TPESampler(seed=seed, n_startup_trials=4, multivariate=True)
 
 
 @dataclass

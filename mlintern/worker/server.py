@@ -206,7 +206,10 @@ def serve(folder: Path, owner: int | None, idle_s: float) -> None:
             continue
         try:
             req = WorkerRequest.model_validate_json(conn.recv_bytes())
-        except (EOFError, OSError, ValueError) as exc:
+        except EOFError:  # a client checking that the worker is up
+            conn.close()
+            continue
+        except (OSError, ValueError) as exc:
             log.warning("bad request: %s", exc)
             conn.close()
             continue

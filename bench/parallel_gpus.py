@@ -1,0 +1,117 @@
+"""The research loop on every GPU of a host, through the deployment path (issue 10).
+
+Starts a Prefect server, creates the pools and deploys prefect.yaml (deployments/setup.sh), starts
+one process worker per GPU plus the controller worker (deployments/start_workers.sh), triggers the
+`research-loop` deployment with a goal whose `parallel_experiments` is the GPU count (what the UI's
+Run button does), samples nvidia-smi every 0.5 s while it runs, and writes: experiments per hour,
+each GPU's busy fraction (samples with utilisation > 0 over the loop's wall clock), the held-out
+result, the per-experiment job costs. Stops the workers with the documented stop command.
+
+  python bench/parallel_gpus.py --goal bench/goals/arith.json --budget 300 --gpus 0,1,2,3 --out $OUT/x4.json
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import json
+import os
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from budget_arms import sample_gpus, start_prefect  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+
+
+def busy_fractions(smi: Path, start: float, end: float) -> dict[str, dict]:
+    """Per GPU: the share of samples in [start, end] with utilisation > 0, and the mean utilisation."""
+    from datetime import datetime
+
+    per: dict[str, list[float]] = {}
+    with open(smi) as f:
+        for row in csv.reader(f):
+            if len(row) < 3:
+                continue
+            try:
+                ts = datetime.strptime(row[0].strip(), "%Y/%m/%d %H:%M:%S.%f").timestamp()
+            except ValueError:
+                continue
+            if start <= ts <= end:
+                per.setdefault(row[1].strip(), []).append(float(row[2]))
+    return {g: {"busy_fraction": round(sum(u > 0 for u in v) / len(v), 4), "mean_util": round(sum(v) / len(v), 1),
+                "samples": len(v)} for g, v in per.items() if v}
+
+
+def main() -> None:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--goal", required=True)
+    ap.add_argument("--budget", type=int, default=300)
+    ap.add_argument("--gpus", default="0,1,2,3")
+    ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--work", default="/root/parallel")
+    ap.add_argument("--out", required=True)
+    ap.add_argument("--timeout-s", type=float, default=500)
+    args = ap.parse_args()
+    gpus = args.gpus.split(",")
+    work = Path(args.work)
+    work.mkdir(parents=True, exist_ok=True)
+    server, url = start_prefect(work / "prefect")
+    env = dict(os.environ, PREFECT_API_URL=url, INTERN_WORK_DIR=str(work / "work"),
+               INTERN_TRACKING_URI=f"sqlite:///{work}/mlflow.db", INTERN_LOG_DIR=str(work / "workers"),
+               PREFECT_WORKER_QUERY_SECONDS="2", INTERN_RUNTIME_DIR=str(work / "rt"))
+    os.environ.update(env)
+    subprocess.run(["bash", "deployments/setup.sh", "--gpus", str(len(gpus))], cwd=ROOT, env=env, check=True,
+                   stdout=open(work / "setup.log", "ab"), stderr=subprocess.STDOUT)
+    subprocess.run(["bash", "deployments/start_workers.sh", "--gpus", " ".join(gpus), "--controller"], cwd=ROOT,
+                   env=env, check=True)
+    goal = json.loads(Path(args.goal).read_text())
+    goal.update(name=f"{goal['name']}-x{len(gpus)}-b{args.budget}-s{args.seed}", planner="auto", seed=args.seed,
+                parallel_experiments=len(gpus))
+    goal["budget"] = {**goal["budget"], "gpu_hours": args.budget / 3600}
+    stop = threading.Event()
+    smi = Path(args.out).with_suffix(".smi.csv")
+    threading.Thread(target=sample_gpus, args=(smi, stop), daemon=True).start()
+    from prefect.deployments import run_deployment
+
+    start = time.time()
+    flow_run = run_deployment("research-loop/research-loop", parameters={"goal": goal}, timeout=args.timeout_s)
+    end = time.time()
+    stop.set()
+    time.sleep(1)
+    from mlflow.tracking import MlflowClient
+
+    import mlflow
+
+    mlflow.set_tracking_uri(env["INTERN_TRACKING_URI"])
+    client = MlflowClient()
+    report = None
+    for exp in client.search_experiments():
+        for run in client.search_runs([exp.experiment_id], "tags.`intern.kind` = 'report'"):
+            report = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/report.json"))
+    result = {"gpus": len(gpus), "budget_s": args.budget, "state": flow_run.state.name if flow_run.state else None,
+              "wall_s": round(end - start, 1), "gpu": busy_fractions(smi, start, end)}
+    if report:
+        exps = report["experiments"]
+        result.update({
+            "experiments": len(exps), "experiments_per_hour": round(len(exps) / ((end - start) / 3600), 1),
+            "base_test": report["baseline_test"]["value"],
+            "final_test": (report.get("champion_test") or report["baseline_test"])["value"],
+            "used_s": report["used_seconds"], "stop_reason": report["stop_reason"],
+            "job_seconds": [round(e["job_seconds"], 1) for e in exps],
+            "stages": [f"{e['plan']['stage']}:{e['status']}" for e in exps],
+        })
+    busy = [g["busy_fraction"] for g in result["gpu"].values()]
+    result["idle_fraction_mean"] = round(1 - sum(busy) / len(busy), 4) if busy else None
+    Path(args.out).write_text(json.dumps(result, indent=1))
+    print(json.dumps(result, indent=1))
+    subprocess.run(["bash", "deployments/stop_workers.sh"], cwd=ROOT, env=env)
+    server.terminate()
+
+
+if __name__ == "__main__":
+    main()
