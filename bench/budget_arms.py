@@ -84,6 +84,7 @@ def main() -> None:
     ap.add_argument("--budgets", default="120,300")
     ap.add_argument("--seeds", default="0,1")
     ap.add_argument("--arms", default="a,b,c")
+    ap.add_argument("--runs", default=None, help="explicit list arm:budget:seed,... (instead of the product)")
     ap.add_argument("--gpus", default="0")
     ap.add_argument("--out", required=True)
     ap.add_argument("--work", default="/root/arms")
@@ -101,8 +102,12 @@ def main() -> None:
         threading.Thread(target=sample_gpus, args=(out.with_suffix(".smi.csv"), stop), daemon=True).start()
     gpus = args.gpus.split(",")
     jobs = []
-    for goal_file, budget, seed, arm in itertools.product(args.goal, map(int, args.budgets.split(",")),
-                                                          map(int, args.seeds.split(",")), args.arms.split(",")):
+    if args.runs:
+        combos = [(g, int(b), int(s), a) for g in args.goal for a, b, s in (r.split(":") for r in args.runs.split(","))]
+    else:
+        combos = list(itertools.product(args.goal, map(int, args.budgets.split(",")), map(int, args.seeds.split(",")),
+                                        args.arms.split(",")))
+    for goal_file, budget, seed, arm in combos:
         goal = json.loads(Path(goal_file).read_text())
         goal.update(json.loads(args.override))
         name = f"{goal['name']}-{arm}-b{budget}-s{seed}"
@@ -143,6 +148,7 @@ def main() -> None:
             wall = time.time() - start
             if (d / "report.json").exists():
                 row = summary(name, arm, seed, budget, json.loads((d / "report.json").read_text()), wall, gpu)
+                row.update(start_epoch=round(start, 1), end_epoch=round(time.time(), 1))
             else:
                 row = {"name": name, "arm": arm, "seed": seed, "budget_s": budget, "error": f"exit {code}",
                        "log_tail": (d / "run.log").read_text()[-3000:]}

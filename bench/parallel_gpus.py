@@ -109,7 +109,9 @@ def main() -> None:
     result["idle_fraction_mean"] = round(1 - sum(busy) / len(busy), 4) if busy else None
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
-    subprocess.run(["bash", "deployments/stop_workers.sh"], cwd=ROOT, env=env)
+    stop_script = ROOT / "deployments" / "stop_workers.sh"
+    if stop_script.exists():
+        subprocess.run(["bash", str(stop_script)], cwd=ROOT, env=env)
     server.terminate()
 
 

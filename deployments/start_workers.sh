@@ -44,7 +44,9 @@ fi
 
 start() {  # name, then an env(1) command line: VAR=value... command args...
   local name="$1"; shift
-  env "$@" > "$LOG_DIR/$name.log" 2>&1 &
+  # The Prefect worker (exec'd in place of this sh, so $$ is its pid) owns the persistent training
+  # worker of its GPU: it outlives each experiment's flow-run process and exits with the Prefect worker.
+  sh -c 'export INTERN_WORKER_OWNER_PID=$$; exec env "$@"' _ "$@" > "$LOG_DIR/$name.log" 2>&1 &
   echo $! > "$LOG_DIR/$name.pid"
   echo "started $name (pid $!, log $LOG_DIR/$name.log)"
 }

@@ -33,7 +33,8 @@ def test_loop_with_search_planner_records_everything(intern_env, prefect_harness
     lit = runs_of(goal, "literature")[0]
     assert "arXiv unreachable" in lit.data.tags["intern.literature_error"]
 
-    assert report.planner == "optuna-tpe"
+    assert report.planner == "multi-fidelity (optuna-tpe)"
+    assert [r.plan.stage for r in report.experiments] == ["explore", "scale_up"], "explore, then scale up"
     assert len(report.experiments) == 2 and "experiment budget" in report.stop_reason
     assert report.baseline_test is not None and report.baseline_test.n == 12
     experiments = runs_of(goal, "experiment")
@@ -122,7 +123,7 @@ def test_loop_with_llm_planner_repairs_output_and_recovers_from_oom_and_nan(
     assert {r.data.tags.get("intern.failure_kind") for r in runs} >= {"oom", "nan_or_divergence"}
     assert [r.info.status for r in runs].count("FAILED") == 2
     assert "2501.19393" in {r.data.tags.get("intern.cited_papers") for r in runs}
-    assert report.planner == "llm:openai/stand-in"
+    assert report.planner == "multi-fidelity (llm:openai/stand-in)"
     assert all(r.headers.get("authorization") == "Bearer sk-test-loop-key" for r in server.requests)
 
     # Secrets scan: the key reached the LLM server, and nowhere else the loop writes.

@@ -34,3 +34,8 @@ for m in ("flows.research_loop", "flows.experiment", "mlintern.worker.server", "
 print("project imports ok")
 PY
 python3 -m pip check 2>&1 | grep -v "^torch\|nvidia" | head -20 || true
+# Convert the builtin model once (the arms share INTERN_MODELS_DIR) and prepare the benchmark files.
+python3 -c "
+from pathlib import Path
+from mlintern.models import resolve_model
+print('model', resolve_model('builtin:smollm2-135m-instruct', Path('/root/work0'), Path('/root/models')))"

