@@ -21,6 +21,7 @@ from mlintern.loop import LoopState
 from mlintern.planners import PlanningContext, PlanRejected, make_planner
 from mlintern.planners.base import PaperDigest
 from mlintern.report import render_report
+from mlintern.retention import enforce as enforce_retention
 from mlintern.selection import beats, pooled
 from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Goal, LoopReport
 from mlintern.settings import get_settings
@@ -84,7 +85,9 @@ def research_loop(goal: Goal) -> LoopReport:
             if promoted:
                 register_champion(goal, result)
                 print(f"new champion {result.plan_id}: dev {result.dev.value:.4f}")
+            print(enforce_retention(goal, state.history, state.champion).line())  # ops: disk retention
     logger.info("stopping: %s", reason)
+    enforce_retention(goal, state.history, state.champion)  # ops: also after a resume that stops at once
 
     check_integrity(bench, fingerprint)
     report = final_report(goal, state, bench, base_model, planner, reason)

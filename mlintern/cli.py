@@ -1,4 +1,4 @@
-"""`ml-intern` command line: run the research loop, print or validate a goal."""
+"""`ml-intern` command line: run the research loop, print or validate a goal, free disk space."""
 
 from __future__ import annotations
 
@@ -71,6 +71,33 @@ def run(
     console.print(f"\n[bold]held-out test ({report.baseline_dev.metric}):[/bold] "
                   f"base {base.value:.4f} -> champion {champ.value:.4f} "
                   f"({'champion ' + report.champion_plan_id if report.champion_plan_id else 'base kept'})")
+
+
+@app.command()
+def gc(
+    name: Optional[str] = typer.Option(None, help="Only the goals with this name (default: every goal)."),
+    keep: Optional[int] = typer.Option(None, help="Override each goal's retention.keep_best_candidates."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be deleted; delete nothing."),
+    partial_age_hours: float = typer.Option(6.0, help="Delete half-written saves older than this."),
+) -> None:
+    """Free disk space: apply each goal's retention (keep the champion and the best few candidates'
+    weights; metrics, configs and lineage stay in MLflow), delete stale half-written saves and
+    nightly champion downloads nobody uses."""
+    apply_env_defaults()
+    import logging
+
+    from mlintern.retention import collect_garbage, disk_bytes, human
+    from mlintern.settings import get_settings
+    from mlintern.tracking import init_tracking
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    init_tracking()
+    work = get_settings().work_dir.resolve()
+    before = disk_bytes(work)
+    summary = collect_garbage(goal_filter=name, keep=keep, dry_run=dry_run, partial_age_hours=partial_age_hours)
+    after = disk_bytes(work)
+    console.print(summary.line())
+    console.print(f"work dir {work}: {human(before)} -> {human(after)}")
 
 
 @app.command()
