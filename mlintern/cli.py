@@ -66,11 +66,23 @@ def run(
     })
     from flows.research_loop import research_loop
 
+    _own_temporary_server()
     report = research_loop(goal)
     base, champ = report.baseline_test, report.champion_test or report.baseline_test
     console.print(f"\n[bold]held-out test ({report.baseline_dev.metric}):[/bold] "
                   f"base {base.value:.4f} -> champion {champ.value:.4f} "
                   f"({'champion ' + report.champion_plan_id if report.champion_plan_id else 'base kept'})")
+
+
+def _own_temporary_server() -> None:
+    """Embedded mode (no PREFECT_API_URL): stop temporary Prefect servers that crashed runs left
+    behind, then start this run's own, tied to this process (mlintern/tempserver.py)."""
+    from mlintern.tempserver import reap_stale_servers, start_tied_server
+
+    reaped = reap_stale_servers()
+    if reaped:
+        console.print(f"stopped {len(reaped)} temporary Prefect server(s) left by crashed runs: {reaped}")
+    start_tied_server()
 
 
 @app.command()
@@ -82,12 +94,13 @@ def gc(
 ) -> None:
     """Free disk space: apply each goal's retention (keep the champion and the best few candidates'
     weights; metrics, configs and lineage stay in MLflow), delete stale half-written saves and
-    nightly champion downloads nobody uses."""
+    nightly champion downloads nobody uses, and stop orphaned temporary Prefect servers."""
     apply_env_defaults()
     import logging
 
     from mlintern.retention import collect_garbage, disk_bytes, human
     from mlintern.settings import get_settings
+    from mlintern.tempserver import reap_stale_servers
     from mlintern.tracking import init_tracking
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
@@ -95,8 +108,11 @@ def gc(
     work = get_settings().work_dir.resolve()
     before = disk_bytes(work)
     summary = collect_garbage(goal_filter=name, keep=keep, dry_run=dry_run, partial_age_hours=partial_age_hours)
+    reaped = [] if dry_run else reap_stale_servers()
     after = disk_bytes(work)
     console.print(summary.line())
+    if reaped:
+        console.print(f"stopped orphaned temporary Prefect servers: {reaped}")
     console.print(f"work dir {work}: {human(before)} -> {human(after)}")
 
 

@@ -5,16 +5,20 @@
   whose registry champion loads with transformers (slow);
 - the save format: bf16 safetensors when training computed in bf16 (GPU), the weights' dtype
   otherwise, with a real trl trainer;
+- an embedded `ml-intern run` SIGKILLed: its temporary Prefect server does not outlive it, and
+  `ml-intern gc` stops a temporary server that a killed process started the stock way.
 """
 
 from __future__ import annotations
 
 import os
+import signal
 import subprocess
 import time
 from pathlib import Path
 
 import mlflow
+import psutil
 import pytest
 from mlflow.tracking import MlflowClient
 
@@ -26,6 +30,16 @@ from tests.conftest import ROOT, tiny_goal
 from tests.test_deployments import PY
 
 MB = 1_000_000
+
+
+def _wait(cond, timeout: float, what: str, step: float = 1.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = cond()
+        if value:
+            return value
+        time.sleep(step)
+    raise TimeoutError(what)
 
 
 # ----------------------------------------------------------------------------- retention
@@ -242,3 +256,92 @@ def test_loop_of_six_keeps_bounded_weights_and_a_loadable_champion(intern_env, p
     tok = AutoTokenizer.from_pretrained(local)
     out = model.generate(**tok("1 + 1 =", return_tensors="pt"), max_new_tokens=2, do_sample=False)
     assert out.shape[1] > 0
+
+
+# ----------------------------------------------------------------------------- no orphaned servers
+
+from mlintern.tempserver import temp_server_pids, wait_gone  # noqa: E402
+
+def _embedded_env(tmp_path: Path) -> dict:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_API", "MLFLOW_TRACKING"))}
+    env.update(INTERN_TRACKING_URI=f"sqlite:///{tmp_path}/mlflow.db", INTERN_WORK_DIR=str(tmp_path / "work"),
+               PREFECT_HOME=str(tmp_path / "prefect-home"), PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    return env
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1200)
+def test_killed_embedded_run_leaves_no_prefect_server(tmp_path, smol_model):
+    """SIGKILL an embedded `ml-intern run` (only its pid, as `kill -9` does) once its temporary
+    Prefect server is serving the flow; the server goes with it; the next run of the goal
+    finishes and leaves none either."""
+    goal = tiny_goal(name="orphans", budget={"max_experiments": 1})
+    goal_file = tmp_path / "goal.json"
+    goal_file.write_text(goal.model_dump_json())
+    env, log = _embedded_env(tmp_path), tmp_path / "run.log"
+
+    def launch():
+        return subprocess.Popen([PY, "-m", "mlintern.cli", "run", "--goal", str(goal_file)], cwd=ROOT, env=env,
+                                stdout=open(log, "ab"), stderr=subprocess.STDOUT, start_new_session=True)
+
+    proc = launch()
+    try:
+        servers = _wait(lambda: temp_server_pids(owner_pid=proc.pid), 180, "no temporary server", step=0.5)
+        _wait(lambda: b"Beginning flow run" in log.read_bytes() or proc.poll() is not None, 180, "flow never began")
+        assert proc.poll() is None, log.read_text()[-3000:]
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait()
+        assert wait_gone(servers, 15) == [], "the killed run's temporary server is still running"
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+
+    proc = launch()
+    second = _wait(lambda: temp_server_pids(owner_pid=proc.pid), 180, "no temporary server", step=0.5)
+    assert proc.wait(timeout=1000) == 0, log.read_text()[-3000:]
+    assert wait_gone(servers + second, 15) == []
+    assert not [p for p in temp_server_pids() if _prefect_home(p) == env["PREFECT_HOME"]]
+    records = list((tmp_path / "prefect-home" / "intern-temp-servers").glob("*.json"))
+    assert records == [], "a finished run removes its record"
+
+
+def _prefect_home(pid: int) -> str | None:
+    try:
+        return psutil.Process(pid).environ().get("PREFECT_HOME")
+    except (psutil.NoSuchProcess, psutil.AccessDenied):
+        return None
+
+
+STOCK_SERVER = '''
+import sys, time
+from prefect.server.api.server import SubprocessASGIServer
+from mlintern.tempserver import _record
+server = SubprocessASGIServer()   # Prefect's own temporary server, no PDEATHSIG
+server.start()
+_record(server.server_process.pid, server.port)
+print(server.server_process.pid, flush=True)
+time.sleep(600)
+'''
+
+
+@pytest.mark.timeout(300)
+def test_gc_stops_a_temporary_server_whose_owner_was_killed(tmp_path):
+    """Prefect's stock temporary server outlives a SIGKILLed owner (the leak of the issue); the
+    record it left lets the next `ml-intern run` / `ml-intern gc` stop it."""
+    env = _embedded_env(tmp_path)
+    owner = subprocess.Popen([PY, "-c", STOCK_SERVER], cwd=ROOT, env=env, stdout=subprocess.PIPE,
+                             stderr=subprocess.DEVNULL, text=True, start_new_session=True)
+    try:
+        server = int(owner.stdout.readline())
+        os.kill(owner.pid, signal.SIGKILL)
+        owner.wait()
+        time.sleep(3)
+        assert psutil.pid_exists(server) and psutil.Process(server).status() != "zombie", \
+            "the stock server outlives its owner (what the issue saw)"
+        text = _gc(env)
+        assert f"{server}" in text and "temporary Prefect server" in text
+        assert wait_gone([server], 15) == []
+    finally:
+        for pid in [owner.pid, locals().get("server")]:
+            if pid and psutil.pid_exists(pid):
+                os.kill(pid, signal.SIGKILL)
