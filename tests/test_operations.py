@@ -5,6 +5,8 @@
   whose registry champion loads with transformers (slow);
 - the save format: bf16 safetensors when training computed in bf16 (GPU), the weights' dtype
   otherwise, with a real trl trainer;
+- deployments/start_workers.sh + deployments/stop_workers.sh against a real Prefect server, with
+  a real flow run in progress that spawned a process in a session of its own;
 - an embedded `ml-intern run` SIGKILLed: its temporary Prefect server does not outlive it, and
   `ml-intern gc` stops a temporary server that a killed process started the stock way.
 """
@@ -20,6 +22,7 @@ from pathlib import Path
 import mlflow
 import psutil
 import pytest
+import yaml
 from mlflow.tracking import MlflowClient
 
 from mlintern.retention import disk_bytes, enforce, run_dir
@@ -256,6 +259,100 @@ def test_loop_of_six_keeps_bounded_weights_and_a_loadable_champion(intern_env, p
     tok = AutoTokenizer.from_pretrained(local)
     out = model.generate(**tok("1 + 1 =", return_tensors="pt"), max_new_tokens=2, do_sample=False)
     assert out.shape[1] > 0
+
+
+# ----------------------------------------------------------------------------- workers stop
+
+SLOW_FLOW = '''
+import subprocess, sys, time
+from prefect import flow
+
+
+@flow(name="busy", log_prints=True)
+def busy(seconds: int = 600) -> None:
+    # a process in a session of its own, like a training job or a per-GPU sidecar
+    child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(600)"], start_new_session=True)
+    print(f"SIDECAR {child.pid}", flush=True)
+    time.sleep(seconds)
+'''
+
+
+def _prefect_processes(log_dir: Path) -> list[psutil.Process]:
+    found = []
+    for proc in psutil.process_iter():
+        try:
+            if proc.environ().get("INTERN_PROC_GROUP") == str(log_dir.resolve()):
+                found.append(proc)
+        except (psutil.NoSuchProcess, psutil.AccessDenied, psutil.ZombieProcess):
+            continue
+    return found
+
+
+@pytest.mark.timeout(600)
+def test_workers_stop_with_one_command_even_while_running_a_flow(tmp_path):
+    """start_workers.sh (2 fake GPUs + controller) against a real Prefect server; a worker that
+    is idle stops on a plain SIGTERM; stop_workers.sh stops the rest, the flow run one of them
+    is running and the process that run started in its own session, within 15 s."""
+    import httpx
+
+    from mlintern.tempserver import wait_gone
+    from tests.test_deployments import base_env, deployment, flow_run_logs, prefect_server, run_from_ui
+
+    project = tmp_path / "project"
+    project.mkdir()
+    (project / "busy.py").write_text(SLOW_FLOW)
+    (project / "prefect.yaml").write_text(yaml.safe_dump({
+        "name": "busy", "build": None, "push": None,
+        "pull": [{"prefect.deployments.steps.set_working_directory": {"directory": str(project)}}],
+        "deployments": [{"name": "busy", "entrypoint": "busy.py:busy",
+                         "work_pool": {"name": "intern-gpu", "work_queue_name": "default"}}],
+    }))
+    log_dir = tmp_path / "workers"
+    with prefect_server(tmp_path) as (api, server):
+        env = base_env(tmp_path, PREFECT_API_URL=api, INTERN_LOG_DIR=str(log_dir))
+        out = subprocess.run([PY, str(ROOT / "deployments" / "pools.py"), "--gpus", "2", "--no-deploy"],
+                             env=env, cwd=ROOT, capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stderr[-3000:]
+        out = subprocess.run([PY, "-m", "prefect", "--no-prompt", "deploy", "--all"], env=env, cwd=project,
+                             capture_output=True, text=True, timeout=300)
+        assert out.returncode == 0, out.stdout[-3000:] + out.stderr[-3000:]
+        try:
+            out = subprocess.run(["bash", str(ROOT / "deployments" / "start_workers.sh"), "--gpus", "0 1",
+                                  "--controller"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
+            assert out.returncode == 0, out.stdout + out.stderr
+            pids = {p.stem: int(p.read_text()) for p in log_dir.glob("*.pid")}
+            assert len(pids) == 3, pids
+            def gpu_workers():
+                return {w["name"] for w in httpx.post(f"{api}/work_pools/intern-gpu/workers/filter", json={},
+                                                      timeout=10).json()}
+            _wait(lambda: len(gpu_workers()) == 2, 90, "both GPU workers never polled")
+
+            # the old way (a plain kill of the pid file) now stops an idle worker
+            controller = next(pid for name, pid in pids.items() if name.startswith("controller-"))
+            os.kill(controller, signal.SIGTERM)
+            _wait(lambda: not psutil.pid_exists(controller) or psutil.Process(controller).status() == "zombie",
+                  15, "an idle worker ignored SIGTERM", step=0.2)
+
+            dep = deployment(api, "busy/busy")
+            run = run_from_ui(api, dep["id"], {"seconds": 600}).json()
+            sidecar = _wait(lambda: next((int(line.split()[-1]) for line in flow_run_logs(api, run["id"]).splitlines()
+                                          if line.startswith("SIDECAR")), None), 120, "the flow run never started")
+            assert psutil.pid_exists(sidecar)
+            assert len(_prefect_processes(log_dir)) >= 4  # 2 workers, the flow run, the sidecar
+
+            start = time.time()
+            out = subprocess.run(["bash", str(ROOT / "deployments" / "stop_workers.sh")], env=env, cwd=ROOT,
+                                 capture_output=True, text=True, timeout=60)
+            took = time.time() - start
+            assert out.returncode == 0, out.stdout + out.stderr
+            assert took < 15 + 5, f"stop took {took:.1f}s"
+            left = wait_gone([p.pid for p in _prefect_processes(log_dir)] + [sidecar, *pids.values()], 1)
+            assert not left, [" ".join(psutil.Process(p).cmdline()) for p in left if psutil.pid_exists(p)]
+            print(f"\nstop_workers.sh: {out.stdout.strip()} in {took:.1f}s")
+            assert not list(log_dir.glob("*.pid"))
+        finally:
+            subprocess.run([PY, str(ROOT / "deployments" / "proc.py"), "stop", "--dir", str(log_dir),
+                            "--timeout", "5"], capture_output=True, timeout=60)
 
 
 # ----------------------------------------------------------------------------- no orphaned servers
