@@ -126,13 +126,15 @@ def _inside(path: Path, root: Path) -> bool:
         return False
 
 
-def _delete_path(path: Path, allowed_roots: list[Path], dry_run: bool) -> int:
-    """Delete a weights folder or the link to one; returns the bytes freed. Refuses anything
-    outside the work dir (or, for a link's target, outside the run's artifacts)."""
+def _delete_path(path: Path, allowed_roots: list[Path], dry_run: bool,
+                 link_roots: list[Path] | None = None) -> int:
+    """Delete a weights folder, or a link and the folder it points to; returns the bytes freed.
+    Refuses a folder outside `allowed_roots` (the work dir) and deletes a link's target only
+    inside `link_roots` (the run's own artifacts: where register_champion moved it)."""
     if path.is_symlink():
         target = path.resolve()
         freed = 0
-        if target.exists() and any(_inside(target, r) for r in allowed_roots):
+        if target.exists() and any(_inside(target, r) for r in link_roots or []):
             freed = disk_bytes(target)
             if not dry_run:
                 shutil.rmtree(target)
@@ -201,7 +203,7 @@ def _enforce(goal: Goal, history: list[ExperimentResult], champion: ExperimentRe
         if not paths and not registered:
             continue  # nothing on disk: a failed run, or deleted before
         run_artifacts = local_artifact_dir(result.mlflow_run_id) if result.mlflow_run_id else None
-        freed = sum(_delete_path(p, [work_dir] + ([run_artifacts] if run_artifacts else []), dry_run)
+        freed = sum(_delete_path(p, [work_dir], dry_run, [run_artifacts] if run_artifacts else [])
                     for p in paths)
         if registered:
             freed += _drop_registered_weights(goal, result, run_artifacts, dry_run)
