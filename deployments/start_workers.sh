@@ -13,7 +13,14 @@
 #                          every host: the controller hands model paths to the GPU workers)
 #   INTERN_MODELS_DIR      converted builtin models (shared or per host)
 #   INTERN_PROJECT_DIR     this checkout (defaults to the repo root; the pull step cds there)
-# Stop them with: kill $(cat "$INTERN_LOG_DIR"/*.pid)
+#
+# Each worker runs under deployments/proc.py: its own session, SIGINT/SIGTERM at their defaults
+# (`cmd &` from a script starts cmd with SIGINT ignored, and a Prefect worker stops on SIGTERM by
+# sending itself SIGINT), pid in $INTERN_LOG_DIR/<name>.pid, INTERN_PROC_GROUP in its environment.
+# Stop them, and everything they started (flow runs, training processes), with ONE command:
+#   bash deployments/stop_workers.sh            (same INTERN_LOG_DIR; SIGKILL after 15 s)
+# A plain `kill $(cat "$INTERN_LOG_DIR"/*.pid)` now stops idle workers; a busy Prefect worker
+# waits for its flow runs to finish, which stop_workers.sh does not.
 set -euo pipefail
 ROOT="$(cd "$(dirname "$0")/.." && pwd)"
 cd "$ROOT"
@@ -44,12 +51,11 @@ fi
 
 start() {  # name, then an env(1) command line: VAR=value... command args...
   local name="$1"; shift
-  # The Prefect worker (exec'd in place of this sh, so $$ is its pid) owns the persistent training
-  # worker of its GPU: it outlives each experiment's flow-run process and exits with the Prefect worker.
-  sh -c 'export INTERN_WORKER_OWNER_PID=$$; exec env "$@"' _ "$@" > "$LOG_DIR/$name.log" 2>&1 &
-  echo $! > "$LOG_DIR/$name.pid"
-  echo "started $name (pid $!, log $LOG_DIR/$name.log)"
+  python "$ROOT/deployments/proc.py" start --dir "$LOG_DIR" --name "$name" -- env "$@"
 }
+# Another long-lived process per GPU (e.g. a training sidecar) is added the same way:
+#   start "trainer-$HOST-$i" CUDA_VISIBLE_DEVICES="$i" python -m <module> ...
+# and stop_workers.sh stops it with the rest.
 
 if [ "$NO_GPU" = 0 ]; then
   for i in $GPUS; do

@@ -24,6 +24,7 @@ from mlintern.planners.base import PaperDigest, PlannerDone
 from mlintern.planners.multifidelity import fidelity_for
 from mlintern.progress import markdown_image, progress_png
 from mlintern.report import render_report
+from mlintern.retention import enforce as enforce_retention
 from mlintern.selection import beats, pooled
 from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Goal, LoopReport
 from mlintern.settings import get_settings
@@ -77,6 +78,7 @@ def research_loop(goal: Goal) -> LoopReport:
     run_loop(goal, planner, state, bench, literature, base_model, experiment_id)
     reason = state.stop_reason() or "stopped"
     logger.info("stopping: %s", reason)
+    enforce_retention(goal, state.history, state.champion)  # also after a resume that stops at once
 
     check_integrity(bench, fingerprint)
     return final_report(goal, state, bench, base_model, planner, reason)
@@ -159,6 +161,7 @@ def finish(result: ExperimentResult, state: LoopState, bench: PreparedBenchmark,
     if state.record(result):
         register_champion(state.goal, result)
         print(f"new champion {result.plan_id} ({result.plan.stage}): dev {result.dev.value:.4f}")
+    print(enforce_retention(state.goal, state.history, state.champion).line())  # weights of losers go
     publish_progress(state, experiment_id)
 
 

@@ -1,4 +1,4 @@
-"""`ml-intern` command line: run the research loop, print or validate a goal."""
+"""`ml-intern` command line: run the research loop, print or validate a goal, free disk space."""
 
 from __future__ import annotations
 
@@ -67,6 +67,7 @@ def run(
     })
     from flows.research_loop import research_loop
 
+    _own_temporary_server()
     report = research_loop(goal)
     if report_json is not None:
         report_json.write_text(report.model_dump_json(indent=2, exclude={"markdown"}))
@@ -74,6 +75,48 @@ def run(
     console.print(f"\n[bold]held-out test ({report.baseline_dev.metric}):[/bold] "
                   f"base {base.value:.4f} -> champion {champ.value:.4f} "
                   f"({'champion ' + report.champion_plan_id if report.champion_plan_id else 'base kept'})")
+
+
+def _own_temporary_server() -> None:
+    """Embedded mode (no PREFECT_API_URL): stop temporary Prefect servers that crashed runs left
+    behind, then start this run's own, tied to this process (mlintern/tempserver.py)."""
+    from mlintern.tempserver import reap_stale_servers, start_tied_server
+
+    reaped = reap_stale_servers()
+    if reaped:
+        console.print(f"stopped {len(reaped)} temporary Prefect server(s) left by crashed runs: {reaped}")
+    start_tied_server()
+
+
+@app.command()
+def gc(
+    name: Optional[str] = typer.Option(None, help="Only the goals with this name (default: every goal)."),
+    keep: Optional[int] = typer.Option(None, help="Override each goal's retention.keep_best_candidates."),
+    dry_run: bool = typer.Option(False, "--dry-run", help="Print what would be deleted; delete nothing."),
+    partial_age_hours: float = typer.Option(6.0, help="Delete half-written saves older than this."),
+) -> None:
+    """Free disk space: apply each goal's retention (keep the champion and the best few candidates'
+    weights; metrics, configs and lineage stay in MLflow), delete stale half-written saves and
+    nightly champion downloads nobody uses, and stop orphaned temporary Prefect servers."""
+    apply_env_defaults()
+    import logging
+
+    from mlintern.retention import collect_garbage, disk_bytes, human
+    from mlintern.settings import get_settings
+    from mlintern.tempserver import reap_stale_servers
+    from mlintern.tracking import init_tracking
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    init_tracking()
+    work = get_settings().work_dir.resolve()
+    before = disk_bytes(work)
+    summary = collect_garbage(goal_filter=name, keep=keep, dry_run=dry_run, partial_age_hours=partial_age_hours)
+    reaped = [] if dry_run else reap_stale_servers()
+    after = disk_bytes(work)
+    console.print(summary.line())
+    if reaped:
+        console.print(f"stopped orphaned temporary Prefect servers: {reaped}")
+    console.print(f"work dir {work}: {human(before)} -> {human(after)}")
 
 
 @app.command()

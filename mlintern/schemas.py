@@ -153,6 +153,21 @@ class Schedule(_Model):
     min_trial_steps: int = Field(
         20, ge=1, le=100_000, description="The first rung of a trial comes no earlier than this many optimizer steps.")
 
+
+class Retention(_Model):
+    """What the loop keeps on disk (mlintern/retention.py). Metrics, plan, result and data lineage
+    of every experiment stay in MLflow; only weights are deleted."""
+
+    keep_best_candidates: int = Field(
+        2,
+        ge=0,
+        le=1000,
+        description="Keep the weights of this many best candidates by dev score besides the champion "
+        "(always kept, once, in the MLflow registry); delete the others' weights once their results "
+        "are in MLflow.",
+    )
+
+
 class Goal(_Model):
     """One research goal: improve `base_model` on `benchmark` within `budget`."""
 
@@ -192,6 +207,7 @@ class Goal(_Model):
     max_retries_per_plan: int = Field(2, ge=0, le=10, description="Fix-and-retry rounds per failed plan.")
     seed: int = 0
     use_literature: bool = Field(True, description="Search arXiv and digest papers for the planner.")
+    retention: Retention = Field(default_factory=Retention, description="Disk retention of model weights.")
 
     @field_validator("llm_model")
     @classmethod

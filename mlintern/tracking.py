@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import logging
 import time
+import shutil
+from pathlib import Path
 from typing import Any
 
 import mlflow
@@ -25,6 +27,8 @@ TAG_GOAL = "intern.goal_id"
 TAG_KIND = "intern.kind"
 TAG_PLAN = "intern.plan_id"
 TAG_STATE = "intern.state"
+TAG_WEIGHTS = "intern.weights"  # artifacts | deleted (absent: the work dir)
+MODEL_ARTIFACT = "model"
 
 
 def init_tracking() -> str:
@@ -58,8 +62,6 @@ def _artifact_location() -> str | None:
         return settings.artifact_root
     uri = settings.resolved_tracking_uri()
     if uri.startswith("sqlite:///"):
-        from pathlib import Path
-
         return (Path(uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
     return None
 
@@ -204,27 +206,79 @@ def registry_name(goal: Goal) -> str:
 
 
 def register_champion(goal: Goal, result: ExperimentResult) -> str:
-    """Log the champion's weights to its run and point the registry alias `champion` at them.
-    Idempotent: a resumed controller calls it again for the champion it rebuilt from history."""
+    """Store the champion's weights once, in its run's artifacts, and point the registry alias
+    `champion` at them. Idempotent: a resumed controller calls it again for the champion it
+    rebuilt from history (and repairs a move that a crash interrupted)."""
     client = MlflowClient()
     run_id = result.mlflow_run_id
     name = registry_name(goal)
+    store_champion_weights(run_id, result.model_path)
     try:
         current = client.get_model_version_by_alias(name, "champion")
         if current.run_id == run_id:
             return current.version
     except mlflow.exceptions.MlflowException:
         pass  # no registered model or no alias yet
-    client.log_artifacts(run_id, result.model_path, "model")
     try:
         client.create_registered_model(name, tags={TAG_GOAL: goal.goal_id()})
     except mlflow.exceptions.MlflowException:
         pass  # already registered
-    version = client.create_model_version(name, source=f"runs:/{run_id}/model", run_id=run_id,
+    version = client.create_model_version(name, source=f"runs:/{run_id}/{MODEL_ARTIFACT}", run_id=run_id,
                                           tags={TAG_PLAN: result.plan_id})
     client.set_registered_model_alias(name, "champion", version.version)
     client.set_tag(run_id, "intern.champion", "true")
     return version.version
+
+
+def local_artifact_dir(run_id: str) -> Path | None:
+    """The run's artifact folder when the artifact store is a local (or mounted) path, else None
+    (a tracking server proxying artifacts, s3, ...)."""
+    from mlflow.store.artifact.artifact_repository_registry import get_artifact_repository
+    from mlflow.store.artifact.local_artifact_repo import LocalArtifactRepository
+
+    repo = get_artifact_repository(MlflowClient().get_run(run_id).info.artifact_uri)
+    return Path(repo.artifact_dir) if isinstance(repo, LocalArtifactRepository) else None
+
+
+def store_champion_weights(run_id: str, model_path: str | None) -> None:
+    """Put the champion's weights in its run's artifacts (`runs:/<run>/model`, what the registry
+    version points at) without keeping a second copy.
+
+    Local artifact store and weights under INTERN_WORK_DIR: the folder is *moved* into the
+    artifacts and a symlink is left at `model_path`, so the loop (init_from champion, the
+    confirmation and final test evaluations, GPU workers on shared storage) keeps using the same
+    path. A folder outside the work dir is copied, never moved. Remote artifact store: uploaded
+    once; the work-dir copy stays while it is the champion because GPU workers read it from there
+    (mlintern.retention deletes it when it is no longer kept)."""
+    if not model_path:
+        raise ValueError(f"run {run_id}: a champion without weights (model_path is empty)")
+    src = Path(model_path)
+    local = local_artifact_dir(run_id)
+    if local is None:
+        if not MlflowClient().list_artifacts(run_id, MODEL_ARTIFACT):
+            MlflowClient().log_artifacts(run_id, str(src), MODEL_ARTIFACT)
+        return
+    dst = local / MODEL_ARTIFACT
+    if src.is_symlink():
+        if src.resolve() == dst.resolve() and (dst / "config.json").exists():
+            return  # already moved
+        raise RuntimeError(f"champion weights {src} link to {src.resolve()}, not to the run's artifacts {dst}")
+    if not src.exists():
+        if (dst / "config.json").exists():  # moved, then the controller died before the link
+            src.symlink_to(dst, target_is_directory=True)
+            return
+        raise FileNotFoundError(f"champion weights {src} are missing and were never stored in run {run_id}")
+    if dst.exists() and not dst.is_symlink():
+        shutil.rmtree(dst)  # an interrupted earlier copy/move
+    work_dir = get_settings().work_dir.resolve()
+    if not src.resolve().is_relative_to(work_dir):
+        shutil.copytree(src, dst)  # not ours to move
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    shutil.move(str(src), str(dst))  # a rename on the same filesystem: no extra space, instant
+    src.symlink_to(dst, target_is_directory=True)
+    MlflowClient().set_tag(run_id, TAG_WEIGHTS, "artifacts")
+    log.info("champion weights of run %s moved to %s (linked from %s)", run_id, dst, src)
 
 
 def log_report(experiment_id: str, goal: Goal, report, champion: ExperimentResult | None) -> str:

@@ -127,11 +127,13 @@ def base_env(tmp: Path, **extra: str) -> dict[str, str]:
 
 
 @contextmanager
-def prefect_server(tmp: Path, database_url: str | None = None):
-    """`prefect server start` on a free port (SQLite in PREFECT_HOME, or `database_url`)."""
+def prefect_server(tmp: Path, database_url: str | None = None, scheduler: bool = False):
+    """`prefect server start` on a free port (SQLite in PREFECT_HOME, or `database_url`); the
+    scheduler service only if asked (it turns active cron schedules into runs)."""
     port = free_port()
     api = f"http://127.0.0.1:{port}/api"
-    env = base_env(tmp, PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED="false")  # no 01:00 nightly runs
+    env = base_env(tmp, PREFECT_SERVER_SERVICES_SCHEDULER_ENABLED=str(scheduler).lower(),
+                   PREFECT_SERVER_SERVICES_SCHEDULER_RECENT_DEPLOYMENTS_LOOP_SECONDS="2")
     if database_url:
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = database_url
     (tmp / "logs").mkdir(exist_ok=True)
@@ -178,9 +180,9 @@ def workers(tmp: Path, env: dict, gpus: str = "0 1", controller: bool = True):
             kill_tree(pid)
 
 
-def deploy_all(env: dict, gpus: int = 2) -> subprocess.CompletedProcess:
-    out = subprocess.run([PY, str(ROOT / "deployments" / "pools.py"), "--gpus", str(gpus)], env=env, cwd=ROOT,
-                         capture_output=True, text=True, timeout=600)
+def deploy_all(env: dict, gpus: int = 2, *flags: str) -> subprocess.CompletedProcess:
+    out = subprocess.run([PY, str(ROOT / "deployments" / "pools.py"), "--gpus", str(gpus), *flags], env=env,
+                         cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert out.returncode == 0, f"pools.py failed:\n{out.stdout[-4000:]}\n{out.stderr[-4000:]}"
     return out
 
@@ -302,6 +304,7 @@ def test_prefect_yaml_defaults_and_wiring():
         assert pool["job_variables"]["env"]["INTERN_EXPERIMENT_DEPLOYMENT"] == "experiment/experiment"
     assert deps["experiment"]["work_pool"]["name"] == "intern-gpu"
     assert deps["nightly-sweep"]["schedules"][0]["cron"] == "0 1 * * *"
+    assert deps["nightly-sweep"]["schedules"][0]["active"] is False, "the nightly sweep is opt-in"
 
 
 def test_nightly_resumes_from_champion(intern_env, tmp_path):
@@ -353,20 +356,21 @@ def test_nightly_resumes_from_champion(intern_env, tmp_path):
 # --------------------------------------------------------------------------- real Prefect server
 
 def test_setup_deploys_everything_on_a_real_server(tmp_path):
-    """deployments/pools.py against `prefect server start`: pools, limits, 4 deployments, the UI form's schema."""
+    """deployments/pools.py against `prefect server start` (scheduler on): pools, limits, the
+    deployments, the UI form's schema; the Docker pool and deployment only with --docker; the
+    nightly schedule paused (no run queued) until --nightly, and paused again by --no-nightly."""
     from mlintern.schemas import Goal
 
-    with prefect_server(tmp_path) as (api, _server):
+    with prefect_server(tmp_path, scheduler=True) as (api, _server):
         env = base_env(tmp_path, PREFECT_API_URL=api)
-        deploy_all(env, gpus=2)
+        out = deploy_all(env, gpus=2)
+        assert "nightly-sweep: cron '0 1 * * *' (UTC) PAUSED" in out.stdout, out.stdout[-2000:]
 
         pools = {p["name"]: p for p in httpx.post(f"{api}/work_pools/filter", json={}, timeout=30).json()}
         assert pools["intern-cpu"]["type"] == "process"
         assert pools["intern-gpu"]["type"] == "process" and pools["intern-gpu"]["concurrency_limit"] == 2
-        docker = pools["intern-gpu-docker"]
-        assert docker["type"] == "docker" and docker["concurrency_limit"] == 2
-        assert docker["base_job_template"]["variables"]["properties"]["container_create_kwargs"]["default"][
-            "device_requests"][0]["capabilities"] == [["gpu"]]
+        assert "intern-gpu-docker" not in pools, "no Docker pool unless asked for"
+        assert httpx.get(f"{api}/deployments/name/experiment/experiment-docker", timeout=30).status_code == 404
         limits = {c["name"]: c["limit"] for c in httpx.post(f"{api}/v2/concurrency_limits/filter", json={},
                                                               timeout=30).json()}
         assert limits["gpu"] == 2 and limits["gpu-0"] == 1 and limits["gpu-1"] == 1
@@ -380,12 +384,13 @@ def test_setup_deploys_everything_on_a_real_server(tmp_path):
         schema = loop["parameter_openapi_schema"]
         assert schema["required"] == ["goal"]
         goal_def = schema["definitions"]["Goal"]
-        assert {"base_model", "benchmark", "budget", "search_space", "parallel_experiments"} <= set(goal_def["properties"])
+        assert {"base_model", "benchmark", "budget", "search_space", "parallel_experiments",
+                "retention"} <= set(goal_def["properties"])
         assert deployment(api, "experiment/experiment")["work_pool_name"] == "intern-gpu"
-        assert deployment(api, "experiment/experiment-docker")["job_variables"]["container_create_kwargs"][
-            "shm_size"] == "8g"
         nightly = deployment(api, "nightly-sweep/nightly-sweep")
-        assert [s["schedule"]["cron"] for s in nightly["schedules"]] == ["0 1 * * *"]
+        assert [(s["schedule"]["cron"], s["active"]) for s in nightly["schedules"]] == [("0 1 * * *", False)]
+        time.sleep(8)  # several scheduler passes over recently deployed deployments
+        assert flow_runs(api, deployment_id={"any_": [nightly["id"]]}) == [], "a paused sweep queues nothing"
 
         # the Run button: a bad goal is refused by the server, a good one becomes a scheduled run
         bad = run_from_ui(api, loop["id"], {"goal": {**e2e_goal(), "parallel_experiments": 0}})
@@ -393,6 +398,35 @@ def test_setup_deploys_everything_on_a_real_server(tmp_path):
         ok = run_from_ui(api, loop["id"], {"goal": e2e_goal()})
         assert ok.status_code == 201, ok.text
         assert ok.json()["state_type"] == "SCHEDULED" and ok.json()["work_queue_name"] == "default"
+
+        # opt in: the Docker pool and deployment, the nightly schedule (its next runs printed)
+        out = deploy_all(env, 2, "--docker", "--nightly")
+        assert "nightly-sweep: cron '0 1 * * *' (UTC) ACTIVE; next runs" in out.stdout, out.stdout[-2000:]
+        docker = {p["name"]: p for p in httpx.post(f"{api}/work_pools/filter", json={}, timeout=30).json()}[
+            "intern-gpu-docker"]
+        assert docker["type"] == "docker" and docker["concurrency_limit"] == 2
+        assert docker["base_job_template"]["variables"]["properties"]["container_create_kwargs"]["default"][
+            "device_requests"][0]["capabilities"] == [["gpu"]]
+        assert deployment(api, "experiment/experiment-docker")["job_variables"]["container_create_kwargs"][
+            "shm_size"] == "8g"
+        nightly = deployment(api, "nightly-sweep/nightly-sweep")
+        assert [s["active"] for s in nightly["schedules"]] == [True]
+        queued = wait_for(lambda: flow_runs(api, deployment_id={"any_": [nightly["id"]]}), 60)
+        assert queued and all(r["state_type"] == "SCHEDULED" and r["auto_scheduled"] for r in queued)
+
+        out = deploy_all(env, 2, "--no-nightly")
+        assert "PAUSED" in out.stdout
+        assert flow_runs(api, deployment_id={"any_": [nightly["id"]]}) == [], "pausing removes the queued runs"
+
+
+def wait_for(fetch, timeout: float, step: float = 2.0):
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        value = fetch()
+        if value:
+            return value
+        time.sleep(step)
+    return fetch()
 
 
 def run_loop_from_ui(tmp_path: Path, tracking_uri: str, prefect_db: str | None = None) -> None:

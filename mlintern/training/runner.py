@@ -74,12 +74,19 @@ def build_trainer(job: TrainJob, callbacks: list, model, tokenizer):
 
 def save_model(trainer, out: Path, faults: dict | None = None) -> None:
     """Save a full model (LoRA adapters merged) so evaluation and the next plan load it alike.
-    Under DDP/FSDP every rank joins the gather; only rank 0 writes and publishes the folder."""
+    Under DDP/FSDP every rank joins the gather; only rank 0 writes and publishes the folder.
+
+    Format: safetensors; bf16 when the model trained with bf16 compute (the GPU path: evaluation
+    loads bf16 there too, so the scored model is exactly the saved one, at half the disk of fp32
+    master weights); otherwise the weights' own dtype (CPU: fp32, what CPU evaluation uses; rounding
+    to bf16 would erase the small updates of short CPU runs)."""
     if faults and faults.get("disk_full_on_save"):
         import errno
 
         raise OSError(errno.ENOSPC, f"No space left on device: '{out}' (injected)")
     tmp = out.with_suffix(".partial")
+    if trainer.is_world_process_zero():
+        _remove(tmp)  # left by an attempt that died while saving
     model = trainer.model
     if hasattr(model, "merge_and_unload"):
         if trainer.is_world_process_zero():
@@ -93,7 +100,50 @@ def save_model(trainer, out: Path, faults: dict | None = None) -> None:
             getattr(tok, "tokenizer", tok).save_pretrained(tmp)
         for junk in ("training_args.bin",):
             (tmp / junk).unlink(missing_ok=True)
+        if getattr(trainer.args, "bf16", False):
+            _to_bf16(tmp)
+        _remove(out)  # an interrupted earlier attempt at this plan finished saving
         tmp.rename(out)
+
+
+def _remove(path: Path) -> None:
+    import shutil
+
+    if path.is_symlink():
+        path.unlink()
+    elif path.exists():
+        shutil.rmtree(path)
+
+
+def _to_bf16(folder: Path) -> None:
+    """Rewrite the float32 tensors of every safetensors file in `folder` as bfloat16 (one file in
+    memory at a time) and record the dtype in config.json and the shard index."""
+    import torch
+    from safetensors.torch import load_file, save_file
+
+    changed, total = False, 0
+    for path in sorted(folder.glob("*.safetensors")):
+        tensors = load_file(str(path))
+        if any(t.dtype == torch.float32 for t in tensors.values()):
+            tensors = {k: t.to(torch.bfloat16) if t.dtype == torch.float32 else t for k, t in tensors.items()}
+            save_file(tensors, str(path), metadata={"format": "pt"})
+            changed = True
+        total += sum(t.numel() * t.element_size() for t in tensors.values())
+        del tensors
+    if not changed:
+        return
+    config = folder / "config.json"
+    if config.exists():
+        data = json.loads(config.read_text())
+        data["dtype"] = "bfloat16"
+        if "torch_dtype" in data:
+            data["torch_dtype"] = "bfloat16"
+        config.write_text(json.dumps(data, indent=2) + "\n")
+    index = folder / "model.safetensors.index.json"
+    if index.exists():
+        data = json.loads(index.read_text())
+        data.setdefault("metadata", {})["total_size"] = total
+        index.write_text(json.dumps(data, indent=2) + "\n")
 
 
 def use_job_tracking(job: TrainJob) -> None:
