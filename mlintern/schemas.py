@@ -297,6 +297,7 @@ class ExperimentResult(_Model):
     accelerator_hours: float = 0.0
     train_loss: float | None = None
     decontaminated: int = 0
+    llm_dollars: float = Field(0.0, ge=0, description="LLM spend inside the experiment (hub column maps).")
 
 
 class LoopReport(_Model):

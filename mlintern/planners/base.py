@@ -77,6 +77,76 @@ def validate_plan(plan: ExperimentPlan, ctx: PlanningContext) -> ExperimentPlan:
     return plan
 
 
+def _batch_limit(ctx: PlanningContext) -> int:
+    """The largest effective batch (micro-batch x accumulation) a proposed plan may use: the
+    goal's largest batch size, or the failed plan's when fixing it (an OOM fix keeps it)."""
+    limit = max(ctx.goal.search_space.batch_sizes)
+    if ctx.failure_plan is not None:
+        hp = ctx.failure_plan.hyperparameters
+        limit = max(limit, hp.per_device_batch_size * hp.gradient_accumulation_steps)
+    return limit
+
+
+def validate_proposal(plan: ExperimentPlan, ctx: PlanningContext) -> ExperimentPlan:
+    """`validate_plan`, plus the batch limits a free-form (LLM) proposal must also respect: no
+    micro-batch above the goal's largest batch size, no effective batch above `_batch_limit`
+    (search plans and rule fixes keep them by construction)."""
+    problems = []
+    try:
+        validate_plan(plan, ctx)
+    except PlanRejected as exc:
+        problems.append(str(exc))
+    hp = plan.hyperparameters
+    largest = max(ctx.goal.search_space.batch_sizes)
+    if hp.per_device_batch_size > largest:
+        problems.append(f"hyperparameters.per_device_batch_size: {hp.per_device_batch_size} exceeds the goal's "
+                        f"largest batch size {largest}")
+    elif hp.per_device_batch_size * hp.gradient_accumulation_steps > _batch_limit(ctx):
+        problems.append(f"hyperparameters.gradient_accumulation_steps: {hp.gradient_accumulation_steps} makes an "
+                        f"effective batch of {hp.per_device_batch_size * hp.gradient_accumulation_steps}, above "
+                        f"{_batch_limit(ctx)}")
+    if problems:
+        raise PlanRejected("; ".join(problems))
+    return plan
+
+
+def clamp_plan(plan: ExperimentPlan, ctx: PlanningContext) -> tuple[ExperimentPlan, list[str]]:
+    """Move the numeric fields that `validate_proposal` rejects into the goal's search space;
+    returns the plan and one note per change (empty: nothing to clamp). Non-numeric problems
+    (method, data source, a repeated plan) are left for `validate_plan` to reject."""
+    space = ctx.goal.search_space
+    hp = plan.hyperparameters.model_dump()
+    data = plan.dataset.model_dump()
+    notes: list[str] = []
+    largest = max(space.batch_sizes)
+    if hp["per_device_batch_size"] > largest:
+        notes.append(f"clamped hyperparameters.per_device_batch_size {hp['per_device_batch_size']} -> {largest}")
+        hp["per_device_batch_size"] = largest
+    accum = max(1, _batch_limit(ctx) // hp["per_device_batch_size"])
+    if hp["gradient_accumulation_steps"] > accum:
+        notes.append(f"clamped hyperparameters.gradient_accumulation_steps {hp['gradient_accumulation_steps']} -> {accum}")
+        hp["gradient_accumulation_steps"] = accum
+
+    def clamp(where: dict, key: str, label: str, lo: float, hi: float, ok_lo: float, ok_hi: float) -> None:
+        value = where[key]
+        if ok_lo <= value <= ok_hi:
+            return
+        where[key] = type(value)(min(max(value, lo), hi))
+        notes.append(f"clamped {label} {value} -> {where[key]}")
+
+    lo, hi = space.max_steps
+    clamp(hp, "max_steps", "hyperparameters.max_steps", lo, hi, lo, hi)
+    lo, hi = space.learning_rate
+    clamp(hp, "learning_rate", "hyperparameters.learning_rate", lo, hi, lo / 10, hi * 10)
+    clamp(hp, "max_length", "hyperparameters.max_length", 16, space.max_length, 16, space.max_length)
+    lo, hi = space.num_examples
+    clamp(data, "num_examples", "dataset.num_examples", lo, hi, 0, hi * 4)
+    if not notes:
+        return plan, []
+    clamped = ExperimentPlan.model_validate({**plan.model_dump(), "hyperparameters": hp, "dataset": data})
+    return clamped, notes
+
+
 def _touches(source: str, eval_files: list[str]) -> bool:
     """True if a local dataset path is, or contains, one of the evaluation files."""
     from pathlib import Path
@@ -93,7 +163,10 @@ def _touches(source: str, eval_files: list[str]) -> bool:
 
 
 def make_planner(goal: Goal) -> Planner:
-    """The LLM planner when an LLM is configured (goal or INTERN_LLM_MODEL), else Optuna TPE."""
+    """The LLM planner when an LLM is configured (goal or INTERN_LLM_MODEL), else Optuna TPE.
+    The LLM planner comes wrapped in `FallbackPlanner`: rounds the LLM fails are planned by
+    Optuna TPE, so a failing LLM never ends the loop while budget remains."""
+    from mlintern.planners.fallback import FallbackPlanner
     from mlintern.planners.llm import LLMPlanner
     from mlintern.planners.search import SearchPlanner
     from mlintern.settings import get_settings
@@ -103,8 +176,9 @@ def make_planner(goal: Goal) -> Planner:
     if goal.planner == "llm" or (goal.planner == "auto" and llm_model):
         if not llm_model:
             raise ValueError("planner='llm' needs llm_model (or INTERN_LLM_MODEL), e.g. openai/gpt-4o-mini")
-        return LLMPlanner(model=llm_model, api_base=goal.llm_api_base or settings.llm_api_base,
-                          budget_dollars=goal.budget.llm_dollars)
+        llm = LLMPlanner(model=llm_model, api_base=goal.llm_api_base or settings.llm_api_base,
+                         budget_dollars=goal.budget.llm_dollars)
+        return FallbackPlanner(llm=llm, search=SearchPlanner(sampler="tpe"))
     if goal.planner == "random":
         return SearchPlanner(sampler="random")
     return SearchPlanner(sampler="tpe")
