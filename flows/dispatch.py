@@ -4,21 +4,27 @@ from __future__ import annotations
 
 from prefect.deployments import run_deployment
 
+from mlintern.llm import LLMTranscript
 from mlintern.schemas import ExperimentPlan, ExperimentResult, Failure, FailureKind, Goal
 from mlintern.settings import get_settings
 from mlintern.tracking import ensure_experiment, find_run, RESULT_ARTIFACT
 
 
-def dispatch_experiment(goal: Goal, plan: ExperimentPlan, init_model: str, timeout_s: float) -> ExperimentResult:
-    """Idempotent per (goal, plan): a retried or resumed controller never starts a duplicate."""
+def dispatch_experiment(goal: Goal, plan: ExperimentPlan, init_model: str, timeout_s: float,
+                        llm_transcript: LLMTranscript | None = None) -> ExperimentResult:
+    """Idempotent per (goal, plan): a retried or resumed controller never starts a duplicate.
+    `llm_transcript` (how the plan was made) travels with the run and is logged by the worker."""
     import mlflow
 
     name = get_settings().experiment_deployment
     plan_id = plan.plan_id()
+    parameters = {"goal": goal.model_dump(mode="json"), "plan": plan.model_dump(mode="json"),
+                  "init_model": init_model, "timeout_s": timeout_s}
+    if llm_transcript is not None:  # only when there is one: older deployments lack the parameter
+        parameters["llm_transcript"] = llm_transcript.model_dump(mode="json")
     flow_run = run_deployment(
         name,
-        parameters={"goal": goal.model_dump(mode="json"), "plan": plan.model_dump(mode="json"),
-                    "init_model": init_model, "timeout_s": timeout_s},
+        parameters=parameters,
         idempotency_key=f"{goal.goal_id()}-{plan_id}",
         timeout=None,
         as_subflow=True,

@@ -20,6 +20,7 @@ from mlintern.llm import LLMBudgetExceeded, LLMError
 from mlintern.loop import LoopState
 from mlintern.planners import PlanningContext, PlanRejected, make_planner
 from mlintern.planners.base import PaperDigest
+from mlintern.planners.fallback import planner_summary, take_transcript, total_llm_dollars
 from mlintern.report import render_report
 from mlintern.selection import beats, pooled
 from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Goal, LoopReport
@@ -125,10 +126,10 @@ def run_experiments(goal: Goal, plans: list[ExperimentPlan], state: LoopState,
 
         with ThreadPoolExecutor(max_workers=len(plans)) as pool:
             # copy the Prefect run context so dispatched runs are linked as this flow's subflows
-            futures = [pool.submit(contextvars.copy_context().run, dispatch_experiment, goal, p, init_model(p), timeout)
-                       for p in plans]
+            futures = [pool.submit(contextvars.copy_context().run, dispatch_experiment, goal, p, init_model(p), timeout,
+                                   take_transcript(p)) for p in plans]
             return [f.result() for f in futures]
-    return [experiment(goal, plan, init_model(plan), timeout) for plan in plans]
+    return [experiment(goal, plan, init_model(plan), timeout, llm_transcript=take_transcript(plan)) for plan in plans]
 
 
 def confirm(result: ExperimentResult, state: LoopState, bench: PreparedBenchmark, base_model: str,
@@ -172,11 +173,11 @@ def final_report(goal: Goal, state: LoopState, bench: PreparedBenchmark, base_mo
     if state.champion is not None:
         champion_test = evaluate(state.champion.model_path, bench, "test", goal.device)
     report = LoopReport(
-        goal=goal, goal_id=goal.goal_id(), planner=planner.name, stop_reason=reason,
+        goal=goal, goal_id=goal.goal_id(), planner=planner_summary(planner), stop_reason=reason,
         baseline_dev=state.baseline, baseline_test=base_test,
         champion_plan_id=state.champion.plan_id if state.champion else None,
         champion_dev=state.champion.dev if state.champion else None, champion_test=champion_test,
-        experiments=state.history, llm_dollars=getattr(planner, "spent_dollars", 0.0),
+        experiments=state.history, llm_dollars=total_llm_dollars(planner, state.history),
         wall_seconds=time.time() - state.started,
     )
     report.markdown = render_report(report)

@@ -7,6 +7,7 @@ report their results here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 from typing import Any
@@ -134,6 +135,8 @@ def finish_experiment_run(run_id: str, result: ExperimentResult) -> None:
             client.log_metric(run_id, "dev_stderr", result.dev.stderr)
     client.log_metric(run_id, "train_seconds", result.train_seconds)
     client.log_metric(run_id, "accelerator_hours", result.accelerator_hours)
+    if result.llm_dollars:
+        client.log_metric(run_id, "experiment_llm_dollars", result.llm_dollars)
     if result.failure is not None:
         client.set_tag(run_id, "intern.failure_kind", result.failure.kind.value)
         client.set_tag(run_id, "intern.failure", result.failure.message[:5000])
@@ -141,6 +144,33 @@ def finish_experiment_run(run_id: str, result: ExperimentResult) -> None:
     client.log_text(run_id, result.model_dump_json(indent=2), RESULT_ARTIFACT)
     client.set_tag(run_id, TAG_STATE, "done")
     client.set_terminated(run_id, "FINISHED" if result.status == "succeeded" else "FAILED")
+
+
+TRANSCRIPT_ARTIFACT = "llm_transcript.json"
+
+
+def log_llm_transcript(run_id: str, transcript) -> None:
+    """How the plan was made (an `LLMTranscript`): the artifact llm_transcript.json, tags for
+    filtering (source, mode, model, prompt hash) and metrics for tokens and dollars. The API key
+    is masked first, wherever it might have been echoed."""
+    from mlintern.llm import redact
+
+    client = MlflowClient()
+    client.log_text(run_id, redact(transcript.model_dump_json(indent=2)), TRANSCRIPT_ARTIFACT)
+    prompts = hashlib.sha256(json.dumps(transcript.prompt_sha256, sort_keys=True).encode()).hexdigest()
+    tags = {"intern.plan_source": transcript.source, "intern.planner": transcript.planner[:500],
+            "intern.llm_model": transcript.model, "intern.llm_mode": transcript.mode or "none",
+            "intern.prompt_sha256": prompts[:16]}
+    if transcript.notes:
+        tags["intern.plan_notes"] = redact("; ".join(transcript.notes))[:5000]
+    if transcript.error:
+        tags["intern.llm_error"] = redact(transcript.error)[:5000]
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    metrics = {"llm_plan_dollars": transcript.dollars, "llm_prompt_tokens": transcript.prompt_tokens,
+               "llm_completion_tokens": transcript.completion_tokens, "llm_calls": len(transcript.calls)}
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
 
 
 def update_result(result: ExperimentResult) -> None:
