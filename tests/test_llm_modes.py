@@ -322,3 +322,24 @@ def test_llm_spend_is_counted_once_per_goal_over_planning_and_experiments():
         assert server.chat_requests == [], "refused before any request"
     assert total_llm_dollars(planner, [spent]) == pytest.approx(0.51)
     assert total_llm_dollars(SearchPlanner(), [spent]) == 0.5
+
+
+def test_a_transcript_travels_to_a_remote_worker_as_an_experiment_parameter():
+    """What a worker of the `experiment` deployment receives: JSON parameters, checked against
+    the deployment's parameter schema (as Prefect enforces it), then validated by the flow."""
+    from prefect.utilities.callables import parameter_schema
+    from prefect.utilities.schema_tools import validate
+
+    from flows.experiment import experiment
+    from mlintern.llm import LLMCall, LLMTranscript
+
+    transcript = LLMTranscript(planner="llm:openai/x", model="openai/x", source="llm-clamped", mode="json_object",
+                               calls=[LLMCall(purpose="plan", mode="json_object", answer="{}",
+                                              messages=[{"role": "user", "content": "plan"}])],
+                               notes=["clamped hyperparameters.max_steps 9 -> 3"], budget_left_dollars=0.4)
+    schema = parameter_schema(experiment)
+    assert "llm_transcript" in schema.properties and "llm_transcript" not in schema.required, "optional"
+    params = {"goal": tiny_goal().model_dump(mode="json"), "plan": ExperimentPlan().model_dump(mode="json"),
+              "init_model": "m", "timeout_s": 1.0, "llm_transcript": json.loads(transcript.model_dump_json())}
+    validate(params, schema.model_dump_for_openapi(), raise_on_error=True, preprocess=True, ignore_required=False)
+    assert experiment.validate_parameters(params)["llm_transcript"] == transcript
