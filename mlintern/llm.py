@@ -46,6 +46,16 @@ _mode_lock = threading.Lock()
 _working_modes: dict[tuple[str, str], Mode] = {}
 
 
+def run_log() -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger inside a flow or task run (so the UI shows it), else this module's."""
+    try:
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # MissingContextError outside a run
+        return log
+
+
 def working_mode(model: str, api_base: str | None) -> Mode | None:
     """The structured-output mode that last worked for this model and server in this process."""
     with _mode_lock:
@@ -150,7 +160,7 @@ class LLMClient:
             return parse_json_model(raw, schema)
         except (ValidationError, ValueError) as exc:
             first_error = _errors(exc)
-            log.warning("LLM %s gave an invalid %s; asking for a repair: %s", self.model, schema.__name__, first_error)
+            run_log().warning("LLM %s gave an invalid %s; asking for a repair: %s", self.model, schema.__name__, first_error)
         repair = messages + [
             {"role": "assistant", "content": raw},
             {"role": "user", "content": render("repair.md", errors=first_error, schema_name=schema.__name__)},
@@ -165,7 +175,7 @@ class LLMClient:
                 except (ValidationError, ValueError):
                     pass
                 else:
-                    log.warning("LLM %s: repaired %s still invalid; reset to defaults: %s", self.model,
+                    run_log().warning("LLM %s: repaired %s still invalid; reset to defaults: %s", self.model,
                                 schema.__name__, "; ".join(notes))
                     self.calls[-1].notes.extend(notes)
                     return answer
@@ -196,13 +206,13 @@ class LLMClient:
                 content = self._complete(messages, mode, (name, schema), purpose)
             except _ModeRefused as exc:
                 refusals.append(f"{mode}: {exc}")
-                log.warning("LLM server for %s refused structured output mode %s (%s); trying the next mode",
+                run_log().warning("LLM server for %s refused structured output mode %s (%s); trying the next mode",
                             self.model, mode, exc)
                 continue
             if known != mode:
                 with _mode_lock:
                     _working_modes[(self.model, self.api_base or "")] = mode
-                log.info("LLM %s at %s: structured output mode %s%s", self.model, _safe_url(self.api_base) or "provider",
+                run_log().info("LLM %s at %s: structured output mode %s%s", self.model, _safe_url(self.api_base) or "provider",
                          mode, f" (refused: {'; '.join(refusals)})" if refusals else "")
             return content
         raise LLMError(f"LLM server for {self.model} refused every structured output mode: {'; '.join(refusals)}")
@@ -264,7 +274,7 @@ class LLMClient:
                     ) from None
                 delay = _retry_after(exc) or self.backoff_s * 2 ** attempt
                 delay = min(delay, 30.0)
-                log.warning("LLM call to %s failed (%s); retry %d of %d in %.1f s", self.model, call.error[:200],
+                run_log().warning("LLM call to %s failed (%s); retry %d of %d in %.1f s", self.model, call.error[:200],
                             attempt + 1, self.retries, delay)
                 time.sleep(delay)
                 attempt += 1

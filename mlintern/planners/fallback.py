@@ -13,11 +13,10 @@ experiment that runs the plan, which logs it to the plan's MLflow run.
 
 from __future__ import annotations
 
-import logging
 import threading
 from dataclasses import dataclass, field
 
-from mlintern.llm import LLMBudgetExceeded, LLMClient, LLMError, LLMTranscript
+from mlintern.llm import LLMBudgetExceeded, LLMClient, LLMError, LLMTranscript, run_log
 from mlintern.planners.base import PlanningContext, PlanRejected
 from mlintern.planners.llm import LLMPlanner
 from mlintern.planners.search import SearchPlanner
@@ -36,16 +35,6 @@ def take_transcript(plan: ExperimentPlan) -> LLMTranscript | None:
     """The transcript of how `plan` was made, once (None for plans no LLM planner touched)."""
     with _lock:
         return _transcripts.pop(plan.plan_id(), None)
-
-
-def _logger() -> logging.Logger | logging.LoggerAdapter:
-    """Prefect's run logger inside a run (so the UI shows it), else this module's logger."""
-    try:
-        from prefect import get_run_logger
-
-        return get_run_logger()
-    except Exception:  # MissingContextError outside a flow or task run
-        return logging.getLogger(__name__)
 
 
 @dataclass
@@ -78,7 +67,7 @@ class FallbackPlanner:
         return self.failures >= self.max_failures
 
     def propose(self, ctx: PlanningContext) -> ExperimentPlan:
-        log = _logger()
+        log = run_log()
         # Experiments' own LLM calls (hub column maps) count against the same goal budget.
         self.llm.client.external_dollars = sum(r.llm_dollars for r in ctx.history)
         if not self.benched or self.since_try >= self.retry_every - 1:

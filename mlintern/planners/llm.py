@@ -20,7 +20,7 @@ import logging
 import re
 from dataclasses import dataclass, field
 
-from mlintern.llm import LLMClient, LLMError, LLMTranscript, safe_url, working_mode
+from mlintern.llm import LLMClient, LLMError, LLMTranscript, run_log, safe_url, working_mode
 from mlintern.planners.base import PlanningContext, PlanRejected, clamp_plan, validate_plan, validate_proposal
 from mlintern.planners.rules import fix_plan
 from mlintern.prompts import PROMPT_DIR, render
@@ -129,7 +129,7 @@ class LLMPlanner:
             return validate_proposal(plan, ctx)
         except PlanRejected as exc:
             problems = str(exc)
-            log.warning("LLM plan rejected (%s); asking once for a plan within the limits", problems)
+            run_log().warning("LLM plan rejected (%s); asking once for a plan within the limits", problems)
         messages = messages + [
             {"role": "assistant", "content": plan.model_dump_json(exclude={"dataset": {"column_map"}})},
             {"role": "user", "content": render("plan_rejected.md", problems=problems)},
@@ -146,12 +146,12 @@ class LLMPlanner:
             try:
                 plan = validate_proposal(clamped, ctx)
                 transcript.source, transcript.notes = "llm-clamped", transcript.notes + notes
-                log.warning("LLM plan still outside the goal's limits after one revision; clamped: %s", "; ".join(notes))
+                run_log().warning("LLM plan still outside the goal's limits after one revision; clamped: %s", "; ".join(notes))
                 return plan
             except PlanRejected as exc:
                 still = exc
         if ctx.failure is not None and ctx.failure_plan is not None:
-            log.warning("LLM fix rejected (%s); falling back to the rule-based fix", still)
+            run_log().warning("LLM fix rejected (%s); falling back to the rule-based fix", still)
             transcript.source = "rule-fix"
             transcript.notes.append(f"LLM fix rejected ({still}); rule-based fix used")
             return validate_plan(fix_plan(ctx.failure_plan, ctx.failure), ctx)
