@@ -22,6 +22,7 @@ import json
 import logging
 import os
 import re
+import sys
 import threading
 import time
 from dataclasses import dataclass, field
@@ -48,6 +49,8 @@ _working_modes: dict[tuple[str, str], Mode] = {}
 
 def run_log() -> logging.Logger | logging.LoggerAdapter:
     """Prefect's run logger inside a flow or task run (so the UI shows it), else this module's."""
+    if "prefect" not in sys.modules:  # not imported: no run (and no need to import it)
+        return log
     try:
         from prefect import get_run_logger
 
