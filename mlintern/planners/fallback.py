@@ -1,11 +1,12 @@
 """A failing LLM never ends the loop while budget remains.
 
-`FallbackPlanner` asks the LLM planner first. A round the LLM fails (server down, invalid
-output twice, a plan outside the limits that cannot be clamped) is planned by the search
-planner (Optuna) instead, and said so in the log, the plan's transcript and the report. After
-`max_failures` failed rounds in a row the LLM is benched: the search planner plans alone, and
-the LLM is tried again every `retry_every` rounds. Only a spent LLM budget (LLMBudgetExceeded)
-goes up to the loop, which stops on it like on any other budget.
+`FallbackPlanner` asks its `primary` planner first: the LLM planner, or a policy that asks the
+LLM planner (`llm`) for configurations. A round the LLM fails (server down, invalid output
+twice, a plan outside the limits that cannot be clamped) is planned by `fallback` (Optuna
+search, or the same policy without the LLM) instead, and said so in the log, the plan's
+transcript and the report. After `max_failures` failed rounds in a row the LLM is benched: the
+fallback plans alone, and the LLM is tried again every `retry_every` rounds. Only a spent LLM
+budget (LLMBudgetExceeded) and the planners' own stop signals go up to the loop.
 
 Each plan's transcript waits here (`take_transcript`) until the loop hands it to the
 experiment that runs the plan, which logs it to the plan's MLflow run.
@@ -17,7 +18,7 @@ import threading
 from dataclasses import dataclass, field
 
 from mlintern.llm import LLMBudgetExceeded, LLMClient, LLMError, LLMTranscript, run_log
-from mlintern.planners.base import PlanningContext, PlanRejected
+from mlintern.planners.base import Planner, PlanningContext, PlanRejected
 from mlintern.planners.llm import LLMPlanner
 from mlintern.planners.search import SearchPlanner
 from mlintern.schemas import ExperimentPlan, ExperimentResult
@@ -39,8 +40,9 @@ def take_transcript(plan: ExperimentPlan) -> LLMTranscript | None:
 
 @dataclass
 class FallbackPlanner:
-    llm: LLMPlanner
-    search: SearchPlanner = field(default_factory=SearchPlanner)
+    primary: Planner  # plans with the LLM: the LLM planner itself, or a policy holding it
+    fallback: Planner = field(default_factory=SearchPlanner)
+    llm: LLMPlanner | None = None  # the LLM planner inside `primary` (default: primary itself)
     max_failures: int = 2  # failed LLM rounds in a row before the LLM is benched
     retry_every: int = 3  # while benched, ask the LLM again every this many rounds
     name: str = ""
@@ -51,7 +53,9 @@ class FallbackPlanner:
     last_error: str | None = None
 
     def __post_init__(self) -> None:
-        self.name = self.llm.name
+        if self.llm is None:
+            self.llm = self.primary
+        self.name = self.primary.name
 
     @property
     def client(self) -> LLMClient:
@@ -72,8 +76,9 @@ class FallbackPlanner:
         self.llm.client.external_dollars = sum(r.llm_dollars for r in ctx.history)
         if not self.benched or self.since_try >= self.retry_every - 1:
             self.since_try = 0
+            self.llm.last_transcript = None
             try:
-                plan = self.llm.propose(ctx)
+                plan = self.primary.propose(ctx)
             except LLMBudgetExceeded:
                 raise
             except (LLMError, PlanRejected) as exc:
@@ -86,7 +91,7 @@ class FallbackPlanner:
                     log.info("LLM planner %s answers again: it plans from now on", self.llm.name)
                 self.failures = 0
                 self.llm_plans += 1
-                if self.llm.last_transcript is not None:
+                if self.llm.last_transcript is not None:  # None: the policy planned without the LLM
                     remember_transcript(plan, self.llm.last_transcript)
                 return plan
         else:
@@ -95,14 +100,14 @@ class FallbackPlanner:
                      f"{self.retry_every} rounds); last error: {self.last_error}")
             transcript = self.llm.new_transcript()
         self.last_error = error[:1000]
-        plan = self.search.propose(ctx)  # PlanRejected here (space exhausted) goes to the loop
+        plan = self.fallback.propose(ctx)  # PlanRejected here (space exhausted) goes to the loop
         self.fallback_plans += 1
         transcript.source, transcript.error = "search-fallback", error[:2000]
-        transcript.planner = f"{self.search.name} (fallback from {self.llm.name})"
+        transcript.planner = f"{self.fallback.name} (fallback from {self.name})"
         transcript.budget_left_dollars = max(0.0, self.llm.budget_dollars - self.llm.client.total_dollars)
         remember_transcript(plan, transcript)
         when = ("benched: retried every " + str(self.retry_every) + " rounds") if self.benched else "this round"
-        log.warning("planning with %s instead of the LLM (%s): plan %s", self.search.name, when, plan.plan_id())
+        log.warning("planning with %s instead of the LLM (%s): plan %s", self.fallback.name, when, plan.plan_id())
         return plan
 
     def summary(self) -> str:
@@ -110,7 +115,7 @@ class FallbackPlanner:
         if not self.fallback_plans:
             return self.name
         total = self.fallback_plans + self.llm_plans
-        return (f"{self.name}; {self.fallback_plans} of {total} plans made by {self.search.name} because the "
+        return (f"{self.name}; {self.fallback_plans} of {total} plans made by {self.fallback.name} because the "
                 f"LLM failed (last error: {(self.last_error or '')[:300]})")
 
 

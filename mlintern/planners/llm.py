@@ -31,8 +31,9 @@ log = logging.getLogger(__name__)
 
 PLAN_TEMPLATES = ("planner_system.md", "planner_user.md", "repair.md", "plan_rejected.md")
 # Never proposed: the column map (a free-form dict, outside the strict subset, filled by the
-# column mapper at data-build time) and knobs rarely worth a key a small model must fill.
-PLAN_EXCLUDE = ("dataset.column_map", "dataset.seed", "dataset.hf_split", "hyperparameters.weight_decay")
+# column mapper at data-build time), knobs rarely worth a key a small model must fill, and
+# fields the loop's policy sets (`stage`, where the schema has it).
+PLAN_EXCLUDE = ("dataset.column_map", "dataset.seed", "dataset.hf_split", "hyperparameters.weight_decay", "stage")
 
 
 def plan_exclusions(goal: Goal) -> tuple[str, ...]:
