@@ -21,7 +21,14 @@ import re
 from dataclasses import dataclass, field
 
 from mlintern.llm import LLMClient, LLMError, LLMTranscript, run_log, safe_url, working_mode
-from mlintern.planners.base import PlanningContext, PlanRejected, clamp_plan, validate_plan, validate_proposal
+from mlintern.planners.base import (
+    PlanningContext,
+    PlanRejected,
+    clamp_plan,
+    plan_bounds,
+    validate_plan,
+    validate_proposal,
+)
 from mlintern.planners.rules import fix_plan
 from mlintern.prompts import PROMPT_DIR, render
 from mlintern.schemas import ExperimentPlan, Goal, Method
@@ -82,8 +89,8 @@ class LLMPlanner:
 
     def messages(self, ctx: PlanningContext, schema: dict | None = None) -> list[dict]:
         schema = schema or plan_schema(ctx.goal)
-        system = render("planner_system.md", schema=json.dumps(schema),
-                        max_steps_hint=ctx.goal.search_space.max_steps[1])
+        steps = plan_bounds(ctx).max_steps
+        system = render("planner_system.md", schema=json.dumps(schema), max_steps_hint=steps[1] if steps else None)
         user = render(
             "planner_user.md", goal=ctx.goal, metric=ctx.metric, baseline=ctx.baseline,
             champion=ctx.champion, history=ctx.history, literature=ctx.literature,
