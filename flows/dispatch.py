@@ -4,23 +4,30 @@ from __future__ import annotations
 
 from prefect.deployments import run_deployment
 
+from mlintern.llm import LLMTranscript
 from mlintern.schemas import ExperimentPlan, ExperimentResult, Failure, FailureKind, Fidelity, Goal
 from mlintern.settings import get_settings
 from mlintern.tracking import ensure_experiment, find_run, RESULT_ARTIFACT
 
 
 def dispatch_experiment(goal: Goal, plan: ExperimentPlan, init_model: str, timeout_s: float,
-                        fidelity: Fidelity | None = None) -> ExperimentResult:
-    """Idempotent per (goal, plan): a retried or resumed controller never starts a duplicate."""
+                        fidelity: Fidelity | None = None,
+                        llm_transcript: LLMTranscript | None = None) -> ExperimentResult:
+    """Idempotent per (goal, plan): a retried or resumed controller never starts a duplicate.
+    `fidelity` (the schedule's dev checks and time cap) and `llm_transcript` (how the plan was made)
+    travel with the run; the worker applies the one and logs the other."""
     import mlflow
 
     name = get_settings().experiment_deployment
     plan_id = plan.plan_id()
+    parameters = {"goal": goal.model_dump(mode="json"), "plan": plan.model_dump(mode="json"),
+                  "init_model": init_model, "timeout_s": timeout_s,
+                  "fidelity": (fidelity or Fidelity()).model_dump(mode="json")}
+    if llm_transcript is not None:  # only when there is one: older deployments lack the parameter
+        parameters["llm_transcript"] = llm_transcript.model_dump(mode="json")
     flow_run = run_deployment(
         name,
-        parameters={"goal": goal.model_dump(mode="json"), "plan": plan.model_dump(mode="json"),
-                    "init_model": init_model, "timeout_s": timeout_s,
-                    "fidelity": (fidelity or Fidelity()).model_dump(mode="json")},
+        parameters=parameters,
         idempotency_key=f"{goal.goal_id()}-{plan_id}",
         timeout=None,
         as_subflow=True,

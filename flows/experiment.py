@@ -15,10 +15,16 @@ from prefect import flow, get_run_logger
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
-from mlintern.llm import LLMClient
+from mlintern.llm import LLMClient, LLMTranscript
 from mlintern.schemas import ExperimentPlan, ExperimentResult, Fidelity, Goal
 from mlintern.settings import get_settings
-from mlintern.tracking import ensure_experiment, finish_experiment_run, init_tracking, start_experiment_run
+from mlintern.tracking import (
+    ensure_experiment,
+    finish_experiment_run,
+    init_tracking,
+    log_llm_transcript,
+    start_experiment_run,
+)
 from mlintern.training.failures import classify
 from mlintern.training.job import TrainJob
 from tasks.data import build_data
@@ -27,14 +33,17 @@ from tasks.setup import prepare
 from tasks.train import train
 
 
-def _column_mapper(goal: Goal) -> LLMClient | None:
-    """The LLM that proposes hub column maps, when one is configured (its spend is capped
-    per experiment at the goal's LLM budget)."""
+def _column_mapper(goal: Goal, transcript: LLMTranscript | None) -> LLMClient | None:
+    """The LLM that proposes hub column maps, when one is configured. Its spend comes out of the
+    goal's LLM budget: capped at what the goal had left when the plan was made (from the plan's
+    transcript), and returned in ExperimentResult.llm_dollars for the loop to count."""
     model = goal.llm_model or get_settings().llm_model
     if not model or goal.planner in ("search", "random"):
         return None
-    return LLMClient(model=model, api_base=goal.llm_api_base or get_settings().llm_api_base,
-                     budget_dollars=goal.budget.llm_dollars)
+    left = goal.budget.llm_dollars
+    if transcript is not None and transcript.budget_left_dollars is not None:
+        left = min(left, transcript.budget_left_dollars)
+    return LLMClient(model=model, api_base=goal.llm_api_base or get_settings().llm_api_base, budget_dollars=left)
 
 
 def gpu_slot():
@@ -50,6 +59,7 @@ def gpu_slot():
 def experiment(
     goal: Goal, plan: ExperimentPlan, init_model: str, timeout_s: float | None = None,
     fidelity: Fidelity | None = None,
+    llm_transcript: LLMTranscript | None = None,
 ) -> ExperimentResult:
     """Data, then one training job that also checks dev at the schedule's rungs (the pruner may stop
     it there) and scores dev from the weights in memory; everything lands in MLflow."""
@@ -61,9 +71,12 @@ def experiment(
     run_id = start_experiment_run(experiment_id, goal, plan, flow_run.get_id())
     out_dir = settings.work_dir.resolve() / "runs" / goal.goal_id() / plan_id
     result = ExperimentResult(plan_id=plan_id, plan=plan, status="failed", mlflow_run_id=run_id)
+    if llm_transcript is not None:  # how the plan was made: the audit trail sits with its run
+        log_llm_transcript(run_id, llm_transcript)
+    mapper = _column_mapper(goal, llm_transcript)
     try:
         bench = prepare(goal.benchmark)
-        built = build_data(plan, bench, settings.work_dir.resolve(), run_id, _column_mapper(goal))
+        built = build_data(plan, bench, settings.work_dir.resolve(), run_id, mapper)
         result.decontaminated = built.removed_contaminated
         job = TrainJob(plan=plan, model_path=init_model, data_path=built.path, output_dir=str(out_dir),
                        device=goal.device, seed=goal.seed, benchmark_kind=goal.benchmark.kind,
@@ -79,6 +92,7 @@ def experiment(
     except Exception as exc:  # bad data, a dead evaluation: recorded, never fatal to the loop
         logger.error("experiment %s failed: %s", plan_id, exc)
         result.failure = classify(exc, traceback.format_exc())
+    result.llm_dollars = mapper.spent_dollars if mapper is not None else 0.0
     finish_experiment_run(run_id, result)
     if result.dev is not None:
         logger.info("plan %s (%s): %s, dev %s = %.4f, %d steps, %.0f accelerator-seconds", plan_id, plan.stage,

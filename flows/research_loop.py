@@ -23,6 +23,7 @@ from mlintern.planners import PlanningContext, PlanRejected, make_planner
 from mlintern.planners.base import PaperDigest, PlannerDone
 from mlintern.planners.multifidelity import fidelity_for
 from mlintern.progress import markdown_image, progress_png
+from mlintern.planners.fallback import planner_summary, take_transcript, total_llm_dollars
 from mlintern.report import render_report
 from mlintern.retention import enforce as enforce_retention
 from mlintern.selection import beats, pooled
@@ -145,12 +146,13 @@ def next_plan(planner, state: LoopState, bench: PreparedBenchmark, literature: l
 
 def _runner(goal: Goal, plan: ExperimentPlan, state: LoopState, base_model: str, fidelity, dispatch: bool):
     timeout = max(60.0, min(get_settings().train_timeout_s, state.wall_left_s()))
+    transcript = take_transcript(plan)  # how an LLM made the plan: logged to the plan's run
     init = state.champion.model_path if plan.init_from == "champion" and state.champion is not None else base_model
     if dispatch:
         from flows.dispatch import dispatch_experiment
 
-        return lambda: dispatch_experiment(goal, plan, init, timeout, fidelity)
-    return lambda: experiment(goal, plan, init, timeout, fidelity)
+        return lambda: dispatch_experiment(goal, plan, init, timeout, fidelity, transcript)
+    return lambda: experiment(goal, plan, init, timeout, fidelity, llm_transcript=transcript)
 
 
 def finish(result: ExperimentResult, state: LoopState, bench: PreparedBenchmark, base_model: str,
@@ -230,11 +232,11 @@ def final_report(goal: Goal, state: LoopState, bench: PreparedBenchmark, base_mo
     if state.champion is not None:
         champion_test = evaluate(state.champion.model_path, bench, "test", goal.device)
     report = LoopReport(
-        goal=goal, goal_id=goal.goal_id(), planner=planner.name, stop_reason=reason,
+        goal=goal, goal_id=goal.goal_id(), planner=planner_summary(planner), stop_reason=reason,
         baseline_dev=state.baseline, baseline_test=base_test,
         champion_plan_id=state.champion.plan_id if state.champion else None,
         champion_dev=state.champion.dev if state.champion else None, champion_test=champion_test,
-        experiments=state.history, llm_dollars=getattr(planner, "spent_dollars", 0.0),
+        experiments=state.history, llm_dollars=total_llm_dollars(planner, state.history),
         wall_seconds=time.time() - state.started, budget_seconds=state.budget_s, used_seconds=state.used_s,
         throughput=state.throughput().describe(),
     )

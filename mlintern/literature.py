@@ -28,6 +28,7 @@ import requests
 from pydantic import BaseModel, Field, ValidationError
 
 from mlintern.llm import LLMClient, LLMError
+from mlintern.structured import strict_schema
 from mlintern.planners.base import PaperDigest
 from mlintern.prompts import render
 from mlintern.schemas import Goal, Method
@@ -408,7 +409,7 @@ def _llm_digest(paper: Paper, llm: LLMClient, goal: Goal | None) -> PaperDigest:
         title=paper.title,
         abstract=paper.summary,
         goal=goal,
-        schema=json.dumps(DigestAnswer.model_json_schema()),
+        schema=json.dumps(strict_schema(DigestAnswer)),
     )
     answer = llm.structured([{"role": "user", "content": prompt}], DigestAnswer)
     return PaperDigest(

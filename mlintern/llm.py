@@ -1,24 +1,77 @@
-"""Structured LLM calls through litellm, with a timeout, bounded retries, a spend guard,
-and one repair round for output that fails validation."""
+"""Structured LLM calls through litellm that work with real servers.
+
+- Structured output in the mode the server supports, tried in this order and remembered per
+  model and api_base for the process: "json_schema" (OpenAI strict json_schema: hosted APIs,
+  vLLM, llama.cpp's llama-server, Ollama, LM Studio), "json_object" (json_object plus a
+  `schema`: llama-cpp-python's server), "prompted" (no response_format: the prompt carries the
+  schema, the answer is validated and repaired once). A server that refuses a mode (HTTP
+  400/415/422, or a 5xx naming response_format/schema/grammar) is asked in the next one.
+- The schema sent is `strict_schema(model)`: inside every provider's strict subset; pydantic
+  applies defaults, lengths and bounds to the answer.
+- Our own bounded retry with exponential backoff (honouring Retry-After) on timeouts,
+  connection errors, 408/409/429/5xx; litellm's retry (which needs tenacity) is off. Errors
+  quote the server's status and body, never the API key.
+- A spend guard per goal: this client's spend plus `external_dollars` (spent by experiments'
+  own LLM calls) against `budget_dollars`.
+- Every HTTP exchange is recorded as an `LLMCall` for the audit trail (`take_calls`).
+"""
 
 from __future__ import annotations
 
 import json
 import logging
+import os
+import re
+import sys
+import threading
+import time
 from dataclasses import dataclass, field
-from typing import TypeVar
+from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, ValidationError
+from pydantic import BaseModel, Field, ValidationError
 
 from mlintern.prompts import render
 from mlintern.settings import get_settings
+from mlintern.structured import from_strict, strict_schema
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
 
+Mode = Literal["json_schema", "json_object", "prompted"]
+MODES: tuple[Mode, ...] = ("json_schema", "json_object", "prompted")
+_RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
+_MODE_REFUSED_STATUS = {400, 415, 422}
+_MODE_WORDS = re.compile(r"response_format|json_schema|json_object|schema|grammar|structured", re.I)
+
+_mode_lock = threading.Lock()
+_working_modes: dict[tuple[str, str], Mode] = {}
+
+
+def run_log() -> logging.Logger | logging.LoggerAdapter:
+    """Prefect's run logger inside a flow or task run (so the UI shows it), else this module's."""
+    if "prefect" not in sys.modules:  # not imported: no run (and no need to import it)
+        return log
+    try:
+        from prefect import get_run_logger
+
+        return get_run_logger()
+    except Exception:  # MissingContextError outside a run
+        return log
+
+
+def working_mode(model: str, api_base: str | None) -> Mode | None:
+    """The structured-output mode that last worked for this model and server in this process."""
+    with _mode_lock:
+        return _working_modes.get((model, api_base or ""))
+
+
+def forget_modes() -> None:
+    with _mode_lock:
+        _working_modes.clear()
+
 
 class LLMError(RuntimeError):
-    """An LLM call failed; the message names the model and what to do."""
+    """An LLM call failed; the message names the model, the server's answer and what to do."""
 
 
 class LLMBudgetExceeded(LLMError):
@@ -31,97 +84,349 @@ class LLMOutputInvalid(LLMError):
         self.raw_outputs = raw_outputs
 
 
+class _ModeRefused(Exception):
+    def __init__(self, status: int | None, detail: str):
+        super().__init__(f"HTTP {status}: {detail}" if status else detail)
+        self.status = status
+
+
+class LLMCall(BaseModel):
+    """One request to the LLM server and what came back (audit trail)."""
+
+    purpose: str
+    mode: str
+    messages: list[dict[str, Any]]
+    answer: str | None = None
+    finish_reason: str | None = None
+    error: str | None = None
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    dollars: float = 0.0
+    seconds: float = 0.0
+    notes: list[str] = Field(default_factory=list, description="Fields of this answer reset to defaults.")
+
+
+class LLMTranscript(BaseModel):
+    """How one plan was made: every LLM exchange, the mode, tokens, dollars and prompt hashes.
+    Logged to the plan's MLflow run as llm_transcript.json; holds no API key."""
+
+    planner: str
+    model: str
+    api_base: str | None = None
+    source: Literal["llm", "llm-repaired", "llm-salvaged", "llm-revised", "llm-clamped", "rule-fix",
+                    "search-fallback"] = "llm"
+    mode: str | None = None
+    calls: list[LLMCall] = Field(default_factory=list)
+    notes: list[str] = Field(default_factory=list)
+    error: str | None = Field(None, description="Why the LLM did not make this plan (search-fallback).")
+    prompt_sha256: dict[str, str] = Field(default_factory=dict, description="Template name -> sha256 of its source.")
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    dollars: float = 0.0
+    goal_dollars_spent: float = Field(0.0, description="LLM dollars the goal had spent when this plan was made.")
+    budget_left_dollars: float | None = Field(None, description="LLM dollars left to the goal (caps the experiment's own LLM calls).")
+
+    def add(self, calls: list[LLMCall]) -> None:
+        self.calls.extend(calls)
+        self.prompt_tokens = sum(c.prompt_tokens for c in self.calls)
+        self.completion_tokens = sum(c.completion_tokens for c in self.calls)
+        self.dollars = sum(c.dollars for c in self.calls)
+
+
 @dataclass
 class LLMClient:
     model: str
     api_base: str | None = None
     budget_dollars: float = 1.0
     spent_dollars: float = 0.0
+    external_dollars: float = 0.0  # the same goal's spend counted elsewhere (experiments' own calls)
     timeout_s: float = field(default_factory=lambda: get_settings().llm_timeout_s)
     retries: int = field(default_factory=lambda: get_settings().llm_retries)
+    backoff_s: float = 1.0
+    max_tokens: int = 2048
+    temperature: float = 0.7
+    calls: list[LLMCall] = field(default_factory=list)
 
-    def _api_key(self) -> str | None:
-        key = get_settings().llm_api_key
-        return key.get_secret_value() if key else None
+    # ------------------------------------------------------------------ public
+    def structured(self, messages: list[dict], schema: type[T], *, json_schema: dict | None = None,
+                   purpose: str = "answer", salvage: bool = False) -> T:
+        """Ask for a `schema` object; repair once on invalid output, then raise LLMOutputInvalid.
 
-    def _call(self, messages: list[dict], response_format: type[BaseModel] | None) -> str:
-        import litellm
-
-        if self.spent_dollars >= self.budget_dollars:
-            raise LLMBudgetExceeded(
-                f"LLM budget spent: ${self.spent_dollars:.4f} of ${self.budget_dollars:.2f} for "
-                f"{self.model}; raise goal.budget.llm_dollars to plan further"
-            )
-        kwargs: dict = dict(
-            model=self.model,
-            messages=messages,
-            timeout=self.timeout_s,
-            num_retries=self.retries,
-            temperature=0.7,
-        )
-        if response_format is not None:
-            kwargs["response_format"] = response_format
-        if self.api_base:
-            kwargs["api_base"] = self.api_base
-        key = self._api_key()
-        if key:
-            kwargs["api_key"] = key
-        try:
-            response = litellm.completion(**kwargs)
-        except Exception as exc:  # litellm maps provider errors to its own exception types
-            raise LLMError(
-                f"LLM call to {self.model} failed after {self.retries} retries "
-                f"({type(exc).__name__}: {_redact(str(exc))[:300]}). Check the model name, "
-                "INTERN_LLM_API_BASE and the provider's API key variable, or run with planner=search."
-            ) from None
-        self.spent_dollars += _cost(response)
-        content = response.choices[0].message.content
-        if not content:
-            raise LLMError(f"LLM {self.model} returned an empty answer")
-        return content
-
-    def structured(self, messages: list[dict], schema: type[T]) -> T:
-        """Ask for a `schema` object; repair once on invalid output, then raise."""
-        raw = self._call(messages, schema)
+        The messages must show the model the schema (or an example): the prompted mode and the
+        repair round rely on it. `json_schema`: the schema to send (default
+        `strict_schema(schema)`); the answer is always validated by `schema` itself.
+        `salvage`: if the repaired answer is still invalid only in fields that have defaults,
+        reset those fields to their defaults (noted in the call's `notes`) instead of failing."""
+        sent = json_schema or strict_schema(schema)
+        raw = self._structured_call(messages, schema.__name__, sent, purpose)
         try:
             return parse_json_model(raw, schema)
         except (ValidationError, ValueError) as exc:
             first_error = _errors(exc)
-            log.warning("LLM %s gave invalid %s; asking for a repair: %s", self.model, schema.__name__, first_error)
+            run_log().warning("LLM %s gave an invalid %s; asking for a repair: %s", self.model, schema.__name__, first_error)
         repair = messages + [
             {"role": "assistant", "content": raw},
-            {"role": "user", "content": render("repair.md", errors=first_error, schema_name=schema.__name__,
-                                               schema=json.dumps(schema.model_json_schema()))},
+            {"role": "user", "content": render("repair.md", errors=first_error, schema_name=schema.__name__)},
         ]
-        raw2 = self._call(repair, schema)
+        raw2 = self._structured_call(repair, schema.__name__, sent, "repair")
         try:
             return parse_json_model(raw2, schema)
         except (ValidationError, ValueError) as exc:
+            if salvage and isinstance(exc, ValidationError):
+                try:
+                    answer, notes = salvage_json_model(raw2, schema)
+                except (ValidationError, ValueError):
+                    pass
+                else:
+                    run_log().warning("LLM %s: repaired %s still invalid; reset to defaults: %s", self.model,
+                                schema.__name__, "; ".join(notes))
+                    self.calls[-1].notes.extend(notes)
+                    return answer
             raise LLMOutputInvalid(
                 f"LLM {self.model} returned an invalid {schema.__name__} twice (after one repair "
                 f"round): {_errors(exc)}", [raw, raw2]
             ) from None
 
     def text(self, messages: list[dict]) -> str:
-        return self._call(messages, None)
+        return self._complete(messages, "prompted", None, "text")
+
+    def take_calls(self) -> list[LLMCall]:
+        """The calls recorded since the last take (and forget them)."""
+        calls, self.calls = self.calls, []
+        return calls
+
+    @property
+    def total_dollars(self) -> float:
+        return self.spent_dollars + self.external_dollars
+
+    # ------------------------------------------------------------------ modes
+    def _structured_call(self, messages: list[dict], name: str, schema: dict, purpose: str) -> str:
+        known = working_mode(self.model, self.api_base)
+        order = [known] + [m for m in MODES if m != known] if known else list(MODES)
+        refusals: list[str] = []
+        for mode in order:
+            try:
+                content = self._complete(messages, mode, (name, schema), purpose)
+            except _ModeRefused as exc:
+                refusals.append(f"{mode}: {exc}")
+                run_log().warning("LLM server for %s refused structured output mode %s (%s); trying the next mode",
+                            self.model, mode, exc)
+                continue
+            if known != mode:
+                with _mode_lock:
+                    _working_modes[(self.model, self.api_base or "")] = mode
+                run_log().info("LLM %s at %s: structured output mode %s%s", self.model, _safe_url(self.api_base) or "provider",
+                         mode, f" (refused: {'; '.join(refusals)})" if refusals else "")
+            return content
+        raise LLMError(f"LLM server for {self.model} refused every structured output mode: {'; '.join(refusals)}")
+
+    @staticmethod
+    def _response_format(mode: str, spec: tuple[str, dict] | None) -> dict | None:
+        if spec is None or mode == "prompted":
+            return None
+        name, schema = spec
+        if mode == "json_schema":
+            return {"type": "json_schema", "json_schema": {"name": name, "strict": True, "schema": schema}}
+        return {"type": "json_object", "schema": schema}
+
+    # ------------------------------------------------------------------ one request, retried
+    def _complete(self, messages: list[dict], mode: str, spec: tuple[str, dict] | None, purpose: str) -> str:
+        import litellm
+
+        litellm.suppress_debug_info = True
+        if self.total_dollars >= self.budget_dollars:
+            raise LLMBudgetExceeded(
+                f"LLM budget spent: ${self.total_dollars:.4f} of ${self.budget_dollars:.2f} for this goal "
+                f"({self.model}); raise goal.budget.llm_dollars to plan further"
+            )
+        kwargs: dict[str, Any] = dict(model=self.model, messages=messages, timeout=self.timeout_s,
+                                      num_retries=0, max_retries=0,  # ours below; litellm's needs tenacity
+                                      temperature=self.temperature, max_tokens=self.max_tokens)
+        response_format = self._response_format(mode, spec)
+        if response_format is not None:
+            kwargs["response_format"] = response_format
+        if self.api_base:
+            kwargs["api_base"] = self.api_base
+        key = _api_key()
+        if key:
+            kwargs["api_key"] = key
+        elif self.api_base and self.model.startswith("openai/") and not os.environ.get("OPENAI_API_KEY"):
+            # A local OpenAI-compatible server needs no key, but the openai client refuses to
+            # send a request without one ("Missing credentials").
+            kwargs["api_key"] = "no-key"
+        attempt = 0
+        while True:
+            start = time.monotonic()
+            call = LLMCall(purpose=purpose, mode=mode, messages=[dict(m) for m in messages])
+            try:
+                response = litellm.completion(**kwargs)
+            except Exception as exc:  # litellm maps provider errors to its own exception types
+                status, detail = _describe(exc)
+                call.error, call.seconds = f"HTTP {status}: {detail}" if status else detail, time.monotonic() - start
+                self.calls.append(call)
+                if response_format is not None and _refuses_mode(exc, status, detail):
+                    raise _ModeRefused(status, detail) from None
+                retryable = _retryable(exc, status)
+                if not retryable or attempt >= self.retries:
+                    tries = (f"after {attempt + 1} attempts" if attempt else
+                             "at once (not retryable)" if not retryable else "(INTERN_LLM_RETRIES=0)")
+                    raise LLMError(
+                        f"LLM call to {self.model}{' at ' + _safe_url(self.api_base) if self.api_base else ''} failed "
+                        f"{tries}: {call.error}. Check the model name, INTERN_LLM_API_BASE and the provider's API "
+                        "key variable, or run with planner=search."
+                    ) from None
+                delay = _retry_after(exc) or self.backoff_s * 2 ** attempt
+                delay = min(delay, 30.0)
+                run_log().warning("LLM call to %s failed (%s); retry %d of %d in %.1f s", self.model, call.error[:200],
+                            attempt + 1, self.retries, delay)
+                time.sleep(delay)
+                attempt += 1
+                continue
+            call.seconds = time.monotonic() - start
+            usage = getattr(response, "usage", None)
+            call.prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
+            call.completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0)
+            call.dollars = _cost(response)
+            choice = response.choices[0]
+            call.finish_reason = getattr(choice, "finish_reason", None)
+            call.answer = choice.message.content
+            self.spent_dollars += call.dollars
+            self.calls.append(call)
+            if not call.answer:
+                raise LLMError(f"LLM {self.model} returned an empty answer (finish_reason {call.finish_reason})")
+            return call.answer
 
 
 def parse_json_model(raw: str, schema: type[T]) -> T:
-    """Parse a model's answer, tolerating a ```json fence around the object."""
+    """Parse a model's answer, tolerating a ```json fence or prose around the object and raw
+    control characters inside strings (grammar decoders emit them); nulls of fields with
+    defaults become the defaults (the strict schema makes every key required)."""
+    return schema.model_validate(from_strict(schema, _json_object(raw)))
+
+
+def salvage_json_model(raw: str, schema: type[T]) -> tuple[T, list[str]]:
+    """Validate `raw`, resetting each invalid field that has a default to that default (and
+    dropping unknown keys); returns the object and one note per change. Raises ValueError if
+    more than a third of the values given would be reset (the answer would be ours, not the
+    model's), ValidationError if an invalid field has no default or the whole object is invalid."""
+    data = from_strict(schema, _json_object(raw))
+    given = _leaves(data)
+    notes: list[str] = []
+    for _ in range(5):
+        if len(notes) * 3 > given:
+            raise ValueError(f"{len(notes)} of {given} values invalid: too many to reset to defaults")
+        try:
+            return schema.model_validate(data), notes
+        except ValidationError as exc:
+            changed = False
+            for err in exc.errors():
+                where = ".".join(map(str, err["loc"]))
+                if _drop_field(schema, data, tuple(err["loc"])):
+                    value = repr(err.get("input"))[:80]
+                    notes.append(f"reset {where} ({value}: {err['msg']}) to its default")
+                    changed = True
+            if not changed:
+                raise
+    raise ValueError("answer still invalid after resetting fields to defaults")
+
+
+def _leaves(data: Any) -> int:
+    if isinstance(data, dict):
+        return sum(_leaves(v) for v in data.values())
+    return 1
+
+
+def _drop_field(model_cls: type[BaseModel], data: Any, loc: tuple) -> bool:
+    """Delete the field at `loc` (or the innermost model field holding it) if it has a default."""
+    from mlintern.structured import _model_of
+
+    for i, key in enumerate(loc):
+        if not isinstance(data, dict) or not isinstance(key, str):
+            return False
+        field = model_cls.model_fields.get(key)
+        if field is None:  # an unknown key (extra="forbid")
+            if key not in data:
+                return False
+            del data[key]
+            return True
+        inner = _model_of(field.annotation)
+        if inner is not None and i + 1 < len(loc) and isinstance(data.get(key), dict):
+            model_cls, data = inner, data[key]
+            continue
+        if field.is_required() or key not in data:
+            return False
+        del data[key]
+        return True
+    return False
+
+
+def _json_object(raw: str) -> Any:
     text = raw.strip()
-    if text.startswith("```"):
-        text = text.strip("`")
-        text = text[text.find("{"):]
     start, end = text.find("{"), text.rfind("}")
     if start < 0 or end < start:
         raise ValueError("answer holds no JSON object")
-    return schema.model_validate_json(text[start : end + 1])
+    return json.loads(text[start : end + 1], strict=False)
 
 
 def _errors(exc: Exception) -> str:
     if isinstance(exc, ValidationError):
         return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:10])
     return str(exc)
+
+
+def _describe(exc: Exception) -> tuple[int | None, str]:
+    """The server's status and own words (its error body), redacted and cut to 600 characters."""
+    status = getattr(exc, "status_code", None)
+    body = ""
+    response = getattr(exc, "response", None)
+    try:
+        body = response.text if response is not None else ""
+    except Exception:  # a streamed or closed response
+        body = ""
+    if body:
+        try:
+            parsed = json.loads(body)
+            err = parsed.get("error", parsed) if isinstance(parsed, dict) else parsed
+            body = err.get("message", body) if isinstance(err, dict) else body
+        except ValueError:
+            pass
+    detail = body or getattr(exc, "message", None) or str(exc)
+    detail = re.sub(r"^(litellm\.\w+: )?(\w+Error: )?(\w+Exception - )?", "", str(detail).strip())
+    if not status and not detail:
+        detail = type(exc).__name__
+    return (int(status) if isinstance(status, int) else None), _redact(detail)[:600]
+
+
+def _refuses_mode(exc: Exception, status: int | None, detail: str) -> bool:
+    """Did the server refuse the response_format (rather than fail)?"""
+    import litellm
+
+    if isinstance(exc, litellm.ContextWindowExceededError):
+        return False
+    if isinstance(exc, litellm.UnsupportedParamsError):
+        return True
+    if isinstance(exc, (litellm.Timeout, litellm.APIConnectionError)):
+        return False
+    if status in _MODE_REFUSED_STATUS:
+        return True
+    return status is not None and status >= 500 and bool(_MODE_WORDS.search(detail))
+
+
+def _retryable(exc: Exception, status: int | None) -> bool:
+    import litellm
+
+    if isinstance(exc, (litellm.Timeout, litellm.APIConnectionError)):
+        return True
+    return status in _RETRYABLE_STATUS
+
+
+def _retry_after(exc: Exception) -> float | None:
+    headers = getattr(exc, "litellm_response_headers", None) or getattr(getattr(exc, "response", None), "headers", None)
+    try:
+        value = headers.get("retry-after") if headers is not None else None
+        return float(value) if value is not None else None
+    except (TypeError, ValueError):
+        return None
 
 
 def _cost(response) -> float:
@@ -133,8 +438,26 @@ def _cost(response) -> float:
         return 0.0
 
 
-def _redact(text: str) -> str:
+def _api_key() -> str | None:
     key = get_settings().llm_api_key
-    if key and key.get_secret_value():
-        text = text.replace(key.get_secret_value(), "**********")
+    return key.get_secret_value() if key else None
+
+
+def _redact(text: str) -> str:
+    key = _api_key()
+    if key:
+        text = text.replace(key, "**********")
     return text
+
+
+def redact(text: str) -> str:
+    """`text` with the configured API key masked (for anything written to logs or MLflow)."""
+    return _redact(text)
+
+
+def _safe_url(url: str | None) -> str | None:
+    """A URL without user:password@ credentials."""
+    return re.sub(r"//[^/@]+@", "//", url) if url else url
+
+
+safe_url = _safe_url

@@ -7,6 +7,7 @@ report their results here.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import time
@@ -144,6 +145,8 @@ def finish_experiment_run(run_id: str, result: ExperimentResult) -> None:
     client.log_batch(run_id, metrics=[mlflow.entities.Metric(k, float(v), now, 0) for k, v in metrics.items()])
     client.set_tag(run_id, "intern.status", result.status)
     client.set_tag(run_id, "intern.stage", result.plan.stage)
+    if result.llm_dollars:
+        client.log_metric(run_id, "experiment_llm_dollars", result.llm_dollars)
     if result.failure is not None:
         client.set_tag(run_id, "intern.failure_kind", result.failure.kind.value)
         client.set_tag(run_id, "intern.failure", result.failure.message[:5000])
@@ -151,6 +154,33 @@ def finish_experiment_run(run_id: str, result: ExperimentResult) -> None:
     client.log_text(run_id, result.model_dump_json(indent=2), RESULT_ARTIFACT)
     client.set_tag(run_id, TAG_STATE, "done")
     client.set_terminated(run_id, "FAILED" if result.status == "failed" else "FINISHED")
+
+
+TRANSCRIPT_ARTIFACT = "llm_transcript.json"
+
+
+def log_llm_transcript(run_id: str, transcript) -> None:
+    """How the plan was made (an `LLMTranscript`): the artifact llm_transcript.json, tags for
+    filtering (source, mode, model, prompt hash) and metrics for tokens and dollars. The API key
+    is masked first, wherever it might have been echoed."""
+    from mlintern.llm import redact
+
+    client = MlflowClient()
+    client.log_text(run_id, redact(transcript.model_dump_json(indent=2)), TRANSCRIPT_ARTIFACT)
+    prompts = hashlib.sha256(json.dumps(transcript.prompt_sha256, sort_keys=True).encode()).hexdigest()
+    tags = {"intern.plan_source": transcript.source, "intern.planner": transcript.planner[:500],
+            "intern.llm_model": transcript.model, "intern.llm_mode": transcript.mode or "none",
+            "intern.prompt_sha256": prompts[:16]}
+    if transcript.notes:
+        tags["intern.plan_notes"] = redact("; ".join(transcript.notes))[:5000]
+    if transcript.error:
+        tags["intern.llm_error"] = redact(transcript.error)[:5000]
+    for key, value in tags.items():
+        client.set_tag(run_id, key, value)
+    metrics = {"llm_plan_dollars": transcript.dollars, "llm_prompt_tokens": transcript.prompt_tokens,
+               "llm_completion_tokens": transcript.completion_tokens, "llm_calls": len(transcript.calls)}
+    for key, value in metrics.items():
+        client.log_metric(run_id, key, value)
 
 
 def update_result(result: ExperimentResult) -> None:

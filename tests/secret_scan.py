@@ -1,5 +1,6 @@
-"""Find a secret anywhere the loop writes: files (MLflow DB, artifacts, logs) and Prefect's
-artifacts and logs (through its API)."""
+"""Find a secret anywhere the loop writes: files (MLflow DB, artifacts, logs), Prefect's
+artifacts, flow-run parameters and logs (through its API), and the LLM transcripts logged to
+MLflow (through its API)."""
 
 from __future__ import annotations
 
@@ -38,4 +39,23 @@ def scan_prefect(secret: str) -> list[str]:
             if len(logs) < 200:
                 break
             offset += 200
+    return hits
+
+
+def scan_transcripts(secret: str) -> list[str]:
+    """Every plan's llm_transcript.json in the MLflow store (read through MLflow, so it also
+    covers a remote artifact store), plus the transcript tags of its run."""
+    import mlflow
+    from mlflow.tracking import MlflowClient
+
+    client = MlflowClient()
+    hits = []
+    for exp in client.search_experiments():
+        for run in client.search_runs([exp.experiment_id], filter_string="tags.`intern.plan_source` != ''",
+                                      max_results=5000):
+            text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/llm_transcript.json")
+            if secret in text:
+                hits.append(f"llm_transcript.json of run {run.info.run_id}")
+            if any(secret in v for v in run.data.tags.values()):
+                hits.append(f"tags of run {run.info.run_id}")
     return hits

@@ -1,6 +1,6 @@
 from __future__ import annotations
 
-from typing import Protocol
+from typing import NamedTuple, Protocol
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -105,6 +105,104 @@ def validate_plan(plan: ExperimentPlan, ctx: PlanningContext) -> ExperimentPlan:
     return plan
 
 
+class PlanBounds(NamedTuple):
+    """The numeric limits `validate_plan` holds a plan to, as ranges a plan can be clamped into.
+    None: that dimension has no fixed limit here (nothing to clamp)."""
+
+    max_steps: tuple[int, int] | None
+    learning_rate: tuple[float, float]  # the goal's range (validate_plan allows 10x either side)
+    batch_sizes: list[int] | None
+    max_length: int
+    num_examples: tuple[int, int] | None  # the goal's range (validate_plan allows 4x the top)
+
+
+def plan_bounds(ctx: PlanningContext) -> PlanBounds:
+    """The one place that turns the goal (and context) into clampable limits; keep it in step with
+    `validate_plan`."""
+    space = ctx.goal.search_space
+    sz = ctx.size()  # budget-derived: the same bounds validate_plan holds every planner to
+    rows = tuple(space.num_examples) if space.num_examples is not None else (8, 2 * fresh_rows(sz.max_steps, max(sz.batch_sizes)))
+    return PlanBounds(
+        max_steps=(sz.min_steps, sz.max_steps),
+        learning_rate=tuple(space.learning_rate),
+        batch_sizes=sorted(space.batch_sizes) if space.batch_sizes else sz.batch_sizes,
+        max_length=space.max_length,
+        num_examples=rows,
+    )
+
+
+def _batch_limit(ctx: PlanningContext, bounds: PlanBounds) -> int | None:
+    """The largest effective batch (micro-batch x accumulation) a proposed plan may use: the
+    goal's largest batch size, or the failed plan's when fixing it (an OOM fix keeps it)."""
+    if bounds.batch_sizes is None:
+        return None
+    limit = bounds.batch_sizes[-1]
+    if ctx.failure_plan is not None:
+        hp = ctx.failure_plan.hyperparameters
+        limit = max(limit, hp.per_device_batch_size * hp.gradient_accumulation_steps)
+    return limit
+
+
+def validate_proposal(plan: ExperimentPlan, ctx: PlanningContext) -> ExperimentPlan:
+    """`validate_plan`, plus the batch limits a free-form (LLM) proposal must also respect: no
+    micro-batch above the goal's largest batch size, no effective batch above `_batch_limit`
+    (search plans and rule fixes keep them by construction)."""
+    problems = []
+    try:
+        validate_plan(plan, ctx)
+    except PlanRejected as exc:
+        problems.append(str(exc))
+    hp = plan.hyperparameters
+    bounds = plan_bounds(ctx)
+    limit = _batch_limit(ctx, bounds)
+    if limit is not None and hp.per_device_batch_size > bounds.batch_sizes[-1]:
+        problems.append(f"hyperparameters.per_device_batch_size: {hp.per_device_batch_size} exceeds the goal's "
+                        f"largest batch size {bounds.batch_sizes[-1]}")
+    elif limit is not None and hp.per_device_batch_size * hp.gradient_accumulation_steps > limit:
+        problems.append(f"hyperparameters.gradient_accumulation_steps: {hp.gradient_accumulation_steps} makes an "
+                        f"effective batch of {hp.per_device_batch_size * hp.gradient_accumulation_steps}, above {limit}")
+    if problems:
+        raise PlanRejected("; ".join(problems))
+    return plan
+
+
+def clamp_plan(plan: ExperimentPlan, ctx: PlanningContext) -> tuple[ExperimentPlan, list[str]]:
+    """Move the numeric fields that `validate_proposal` rejects into `plan_bounds`; returns the
+    plan and one note per change (empty: nothing to clamp). Non-numeric problems (method, data
+    source, a repeated plan) are left for `validate_plan` to reject."""
+    bounds = plan_bounds(ctx)
+    hp = plan.hyperparameters.model_dump()
+    data = plan.dataset.model_dump()
+    notes: list[str] = []
+
+    def clamp(where: dict, key: str, label: str, lo: float, hi: float, ok_lo: float, ok_hi: float) -> None:
+        value = where[key]
+        if ok_lo <= value <= ok_hi:
+            return
+        where[key] = type(value)(min(max(value, lo), hi))
+        notes.append(f"clamped {label} {value} -> {where[key]}")
+
+    limit = _batch_limit(ctx, bounds)
+    if limit is not None:
+        largest = bounds.batch_sizes[-1]
+        clamp(hp, "per_device_batch_size", "hyperparameters.per_device_batch_size", 1, largest, 1, largest)
+        accum = max(1, limit // hp["per_device_batch_size"])
+        clamp(hp, "gradient_accumulation_steps", "hyperparameters.gradient_accumulation_steps", 1, accum, 1, accum)
+    if bounds.max_steps is not None:
+        lo, hi = bounds.max_steps
+        clamp(hp, "max_steps", "hyperparameters.max_steps", lo, hi, lo, hi)
+    lo, hi = bounds.learning_rate
+    clamp(hp, "learning_rate", "hyperparameters.learning_rate", lo, hi, lo / 10, hi * 10)
+    clamp(hp, "max_length", "hyperparameters.max_length", 16, bounds.max_length, 16, bounds.max_length)
+    if bounds.num_examples is not None:
+        lo, hi = bounds.num_examples
+        clamp(data, "num_examples", "dataset.num_examples", lo, hi, 0, hi * 4)
+    if not notes:
+        return plan, []
+    clamped = ExperimentPlan.model_validate({**plan.model_dump(), "hyperparameters": hp, "dataset": data})
+    return clamped, notes
+
+
 def _touches(source: str, eval_files: list[str]) -> bool:
     """True if a local dataset path is, or contains, one of the evaluation files."""
     from pathlib import Path
@@ -122,7 +220,10 @@ def _touches(source: str, eval_files: list[str]) -> bool:
 
 def make_planner(goal: Goal) -> Planner:
     """auto/llm: multi-fidelity search (LLM configurations when an LLM is configured, else Optuna TPE);
-    search/random: plain Optuna search over budget-sized plans; single: one default run sized to the budget."""
+    search/random: plain Optuna search over budget-sized plans; single: one default run sized to the budget.
+    An LLM proposer comes wrapped in `FallbackPlanner`: rounds the LLM fails are planned by the same
+    policy with Optuna TPE, so a failing LLM never ends the loop while budget remains."""
+    from mlintern.planners.fallback import FallbackPlanner
     from mlintern.planners.llm import LLMPlanner
     from mlintern.planners.multifidelity import MultiFidelityPlanner
     from mlintern.planners.search import SearchPlanner, SingleRunPlanner
@@ -137,6 +238,7 @@ def make_planner(goal: Goal) -> Planner:
     if goal.planner == "llm" or (goal.planner == "auto" and llm_model):
         if not llm_model:
             raise ValueError("planner='llm' needs llm_model (or INTERN_LLM_MODEL), e.g. openai/gpt-4o-mini")
-        return MultiFidelityPlanner(proposer=LLMPlanner(model=llm_model, api_base=goal.llm_api_base or settings.llm_api_base,
-                                                        budget_dollars=goal.budget.llm_dollars))
+        llm = LLMPlanner(model=llm_model, api_base=goal.llm_api_base or settings.llm_api_base,
+                         budget_dollars=goal.budget.llm_dollars)
+        return FallbackPlanner(primary=MultiFidelityPlanner(proposer=llm), fallback=MultiFidelityPlanner(), llm=llm)
     return MultiFidelityPlanner()

@@ -1,18 +1,73 @@
-"""The LLM planner: litellm with structured output, history and literature in the prompt."""
+"""The LLM planner: litellm with structured output, history and literature in the prompt.
+
+The model answers in a strict "proposal" schema made from ExperimentPlan (`plan_schema`): every
+key required (null = the default), only the knobs this goal can use (no GRPO fields unless
+GRPO is allowed, no LoRA rank without LoRA, no data seed, split or weight decay), the column
+map left to the column mapper, `method` narrowed to the goal's methods. Every key a small local
+model must fill is one more chance to go wrong, and the grammar and prompt stay short. The
+answer is validated into a real ExperimentPlan (defaults for what the proposal leaves out) and
+checked against the goal:
+- invalid output gets one repair round; fields still invalid that have defaults are reset;
+- a plan outside the goal's limits is sent back once; numbers still outside are clamped into
+  them (noted in the transcript) rather than wasting the round.
+"""
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
+import re
 from dataclasses import dataclass, field
 
-from mlintern.llm import LLMClient, LLMError
-from mlintern.planners.base import PlanningContext, PlanRejected, validate_plan
+from mlintern.llm import LLMClient, LLMError, LLMTranscript, run_log, safe_url, working_mode
+from mlintern.planners.base import (
+    PlanningContext,
+    PlanRejected,
+    clamp_plan,
+    plan_bounds,
+    validate_plan,
+    validate_proposal,
+)
 from mlintern.planners.rules import fix_plan
-from mlintern.prompts import render
-from mlintern.schemas import ExperimentPlan
+from mlintern.prompts import PROMPT_DIR, render
+from mlintern.schemas import ExperimentPlan, Goal, Method
+from mlintern.structured import narrow_enum, strict_schema
 
 log = logging.getLogger(__name__)
+
+PLAN_TEMPLATES = ("planner_system.md", "planner_user.md", "repair.md", "plan_rejected.md")
+# Never proposed: the column map (a free-form dict, outside the strict subset, filled by the
+# column mapper at data-build time), knobs rarely worth a key a small model must fill, and
+# fields the loop's policy sets (`stage`, where the schema has it).
+PLAN_EXCLUDE = ("dataset.column_map", "dataset.seed", "dataset.hf_split", "hyperparameters.weight_decay", "stage")
+
+
+def plan_exclusions(goal: Goal) -> tuple[str, ...]:
+    """ExperimentPlan fields the planner LLM does not see for this goal (they keep defaults)."""
+    space = goal.search_space
+    methods = set(space.methods)
+    out = list(PLAN_EXCLUDE)
+    if True not in space.lora_choices:
+        out += ["hyperparameters.lora_r", "hyperparameters.lora_alpha"]
+    if Method.sft not in methods:
+        out.append("hyperparameters.packing")
+    if not methods & {Method.dpo, Method.grpo}:
+        out.append("hyperparameters.beta")
+    if Method.grpo not in methods:
+        out += ["hyperparameters.num_generations", "hyperparameters.max_completion_length", "reward_code"]
+    return tuple(out)
+
+
+def plan_schema(goal: Goal) -> dict:
+    """The schema the planner LLM answers in (strict subset; see mlintern/structured.py)."""
+    schema = strict_schema(ExperimentPlan, exclude=plan_exclusions(goal))
+    return narrow_enum(schema, "method", [m.value for m in goal.search_space.methods])
+
+
+def template_sha256(names: tuple[str, ...] = PLAN_TEMPLATES) -> dict[str, str]:
+    """sha256 of each prompt template's source, so a transcript names the prompts it used."""
+    return {name: hashlib.sha256((PROMPT_DIR / f"{name}.j2").read_bytes()).hexdigest() for name in names}
 
 
 @dataclass
@@ -22,6 +77,7 @@ class LLMPlanner:
     budget_dollars: float = 1.0
     name: str = "llm"
     client: LLMClient = field(init=False)
+    last_transcript: LLMTranscript | None = field(default=None, init=False)
 
     def __post_init__(self) -> None:
         self.name = f"llm:{self.model}"
@@ -31,9 +87,10 @@ class LLMPlanner:
     def spent_dollars(self) -> float:
         return self.client.spent_dollars
 
-    def messages(self, ctx: PlanningContext) -> list[dict]:
-        system = render("planner_system.md", schema=json.dumps(ExperimentPlan.model_json_schema()),
-                        max_steps_hint=ctx.goal.search_space.max_steps[1])
+    def messages(self, ctx: PlanningContext, schema: dict | None = None) -> list[dict]:
+        schema = schema or plan_schema(ctx.goal)
+        steps = plan_bounds(ctx).max_steps
+        system = render("planner_system.md", schema=json.dumps(schema), max_steps_hint=steps[1] if steps else None)
         user = render(
             "planner_user.md", goal=ctx.goal, metric=ctx.metric, baseline=ctx.baseline,
             champion=ctx.champion, history=ctx.history, literature=ctx.literature,
@@ -42,26 +99,94 @@ class LLMPlanner:
         )
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
 
+    def new_transcript(self) -> LLMTranscript:
+        return LLMTranscript(planner=self.name, model=self.model, api_base=safe_url(self.api_base),
+                             prompt_sha256=template_sha256(), goal_dollars_spent=self.client.total_dollars)
+
     def propose(self, ctx: PlanningContext) -> ExperimentPlan:
-        messages = self.messages(ctx)
-        plan = self.client.structured(messages, ExperimentPlan)
+        """A validated plan; `last_transcript` tells how it was made (also when this raises)."""
+        self.client.take_calls()  # calls made outside planning (paper digests) belong to no plan
+        transcript = self.last_transcript = self.new_transcript()
         try:
-            return validate_plan(plan, ctx)
+            plan = self._propose(ctx, transcript)
+        except Exception as exc:
+            transcript.error = f"{type(exc).__name__}: {exc}"[:2000]
+            raise
+        finally:
+            transcript.add(self.client.take_calls())
+            transcript.mode = working_mode(self.model, self.api_base)
+            transcript.budget_left_dollars = max(0.0, self.budget_dollars - self.client.total_dollars)
+        salvaged = [note for c in transcript.calls for note in c.notes]
+        transcript.notes = salvaged + transcript.notes
+        if transcript.source == "llm" and salvaged:
+            transcript.source = "llm-salvaged"
+        elif transcript.source == "llm" and any(c.purpose == "repair" for c in transcript.calls):
+            transcript.source = "llm-repaired"
+        return plan
+
+    def _ask(self, messages: list[dict], schema: dict, purpose: str, ctx: PlanningContext,
+             transcript: LLMTranscript) -> ExperimentPlan:
+        plan = self.client.structured(messages, ExperimentPlan, json_schema=schema, purpose=purpose, salvage=True)
+        return tidy_plan(plan, ctx, transcript.notes)
+
+    def _propose(self, ctx: PlanningContext, transcript: LLMTranscript) -> ExperimentPlan:
+        schema = plan_schema(ctx.goal)
+        messages = self.messages(ctx, schema)
+        plan = self._ask(messages, schema, "plan", ctx, transcript)
+        try:
+            return validate_proposal(plan, ctx)
         except PlanRejected as exc:
             problems = str(exc)
-            log.warning("LLM plan rejected (%s); asking once for a plan within the limits", problems)
-        messages += [
-            {"role": "assistant", "content": plan.model_dump_json()},
+            run_log().warning("LLM plan rejected (%s); asking once for a plan within the limits", problems)
+        messages = messages + [
+            {"role": "assistant", "content": plan.model_dump_json(exclude={"dataset": {"column_map"}})},
             {"role": "user", "content": render("plan_rejected.md", problems=problems)},
         ]
-        plan = self.client.structured(messages, ExperimentPlan)
+        plan = self._ask(messages, schema, "plan_rejected", ctx, transcript)
         try:
-            return validate_plan(plan, ctx)
+            plan = validate_proposal(plan, ctx)
+            transcript.source = "llm-revised"
+            return plan
         except PlanRejected as exc:
-            if ctx.failure is not None and ctx.failure_plan is not None:
-                log.warning("LLM fix rejected (%s); falling back to the rule-based fix", exc)
-                return validate_plan(fix_plan(ctx.failure_plan, ctx.failure), ctx)
-            raise PlanRejected(f"LLM {self.model} proposed an invalid plan twice: {exc}") from None
+            still = exc
+        clamped, notes = clamp_plan(plan, ctx)
+        if notes:
+            try:
+                plan = validate_proposal(clamped, ctx)
+                transcript.source, transcript.notes = "llm-clamped", transcript.notes + notes
+                run_log().warning("LLM plan still outside the goal's limits after one revision; clamped: %s", "; ".join(notes))
+                return plan
+            except PlanRejected as exc:
+                still = exc
+        if ctx.failure is not None and ctx.failure_plan is not None:
+            run_log().warning("LLM fix rejected (%s); falling back to the rule-based fix", still)
+            transcript.source = "rule-fix"
+            transcript.notes.append(f"LLM fix rejected ({still}); rule-based fix used")
+            return validate_plan(fix_plan(ctx.failure_plan, ctx.failure), ctx)
+        raise PlanRejected(f"LLM {self.model} proposed an invalid plan twice: {still}") from None
 
 
-__all__ = ["LLMPlanner", "LLMError"]
+_ARXIV_ID = re.compile(r"^(arXiv:)?\d{4}\.\d{4,5}(v\d+)?$", re.I)
+
+
+def tidy_plan(plan: ExperimentPlan, ctx: PlanningContext, notes: list[str]) -> ExperimentPlan:
+    """Clear fields a weak model fills with junk that would still validate: `retry_of` that names
+    no plan to fix (the loop follows it as a lineage link), `hf_config` on a non-hub source, and
+    cited papers that are not arXiv ids. Each change is noted."""
+    data = plan.model_dump()
+    wanted = ctx.failure_plan.plan_id() if ctx.failure_plan is not None else None
+    if plan.retry_of not in (None, wanted):
+        notes.append(f"retry_of {plan.retry_of!r} is no plan to fix; set to {wanted!r}")
+        data["retry_of"] = wanted
+    if plan.dataset.hf_config is not None and not plan.dataset.source.startswith("hf:"):
+        notes.append(f"dropped dataset.hf_config {plan.dataset.hf_config!r} (source {plan.dataset.source!r} "
+                     "is no hub dataset)")
+        data["dataset"]["hf_config"] = None
+    cited = [p for p in plan.cited_papers if _ARXIV_ID.match(p.strip())]
+    if cited != plan.cited_papers:
+        notes.append(f"dropped cited_papers that are no arXiv ids: {[p for p in plan.cited_papers if p not in cited]}")
+        data["cited_papers"] = cited
+    return plan if data == plan.model_dump() else ExperimentPlan.model_validate(data)
+
+
+__all__ = ["LLMPlanner", "LLMError", "plan_schema", "plan_exclusions", "template_sha256"]

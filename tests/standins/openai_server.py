@@ -14,11 +14,23 @@ Scripted answers are served in order, one per chat request. Each is one of:
 When the script runs out the server answers 500 ("no scripted answer left"), or repeats the
 last answer with `when_exhausted="repeat_last"`. `delay_s` delays every answer.
 Requests with "stream": true get server-sent events ending with a finish_reason chunk.
+
+`server` picks whose structured-output rules it enforces, before any scripted answer is used:
+- "openai" (default): hosted OpenAI. `response_format` json_schema with `strict: true` must
+  follow the strict-mode rules (`openai_strict_errors`); a breaking schema gets HTTP 400 with
+  OpenAI's body (code "invalid_json_schema"). json_object needs the word "json" in the
+  messages; unknown keys inside response_format are refused ("unknown_parameter").
+- "llama-cpp-python": `python -m llama_cpp.server` 0.3.x. json_schema gets HTTP 500 "Input
+  should be 'text' or 'json_object'"; json_object with an optional `schema` is accepted; a
+  schema with a string maxLength of 1000 or more kills the server (its grammar fails to parse:
+  the connection drops and later connections are refused), as the real one did at 2000.
+- "plain": a server without structured output: any response_format gets HTTP 400.
 """
 
 from __future__ import annotations
 
 import json
+import re
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -51,8 +63,11 @@ class OpenAIStandIn(StandInServer):
         delay_s: float = 0.0,
         model: str = "stand-in",
         when_exhausted: Literal["error", "repeat_last"] = "error",
+        server: Literal["openai", "llama-cpp-python", "plain"] = "openai",
     ):
         super().__init__()
+        self.server = server
+        self.dead = False
         self._script: list[Scripted] | None = None if callable(answers) else list(answers)
         self._responder = answers if callable(answers) else None
         self._last: Scripted | None = None
@@ -99,6 +114,11 @@ class OpenAIStandIn(StandInServer):
             return Reply(200, json.dumps(body).encode())
         if request.method != "POST" or not path.endswith("/chat/completions"):
             return _error(404, f"stand-in: no route {request.method} {request.path}")
+        if self.dead:
+            return Reply(hang=True)
+        refusal = self._check_response_format(request.json or {})
+        if refusal is not None:
+            return refusal
         scripted = self._next(request)
         if isinstance(scripted, Answer):
             answer = scripted
@@ -137,9 +157,173 @@ class OpenAIStandIn(StandInServer):
         return Reply(200, json.dumps(body).encode(), headers=dict(answer.headers or {}), delay_s=delay)
 
 
-def _error(status: int, message: str) -> Reply:
-    body = {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"), "param": None,
-                      "code": str(status)}}
+    # -- structured-output rules of the imitated server
+    def _check_response_format(self, req: dict) -> Reply | None:
+        fmt = req.get("response_format")
+        if fmt is None or (isinstance(fmt, dict) and fmt.get("type") == "text"):
+            return None
+        kind = fmt.get("type") if isinstance(fmt, dict) else None
+        if self.server == "plain":
+            return _error(400, "response_format is not supported by this server", param="response_format", code=None)
+        if self.server == "llama-cpp-python":
+            if kind != "json_object":
+                return _llama_literal_error(kind)
+            if _longest_max_length(fmt.get("schema") or {}) >= 1000:
+                self._die()
+                return Reply(hang=True)
+            return None
+        # hosted OpenAI
+        allowed = {"json_schema": {"type", "json_schema"}, "json_object": {"type"}}.get(kind)
+        if allowed is None:
+            return _error(400, f"Invalid value: '{kind}'. Supported values are: 'json_object', 'json_schema', and 'text'.",
+                          param="response_format.type", code="invalid_value")
+        unknown = sorted(set(fmt) - allowed)
+        if unknown:
+            return _error(400, f"Unknown parameter: 'response_format.{unknown[0]}'.",
+                          param=f"response_format.{unknown[0]}", code="unknown_parameter")
+        if kind == "json_object":
+            text = json.dumps(req.get("messages", [])).lower()
+            if "json" not in text:
+                return _error(400, "'messages' must contain the word 'json' in some form, to use 'response_format' of "
+                                   "type 'json_object'.", param="messages", code=None)
+            return None
+        spec = fmt.get("json_schema") or {}
+        name = spec.get("name")
+        if not isinstance(name, str) or not re.fullmatch(r"[a-zA-Z0-9_-]{1,64}", name):
+            return _error(400, "Missing required parameter: 'response_format.json_schema.name'." if name is None else
+                          f"Invalid 'response_format.json_schema.name': string does not match pattern. Expected a "
+                          f"string that matches the pattern '^[a-zA-Z0-9_-]+$'.",
+                          param="response_format.json_schema.name",
+                          code="missing_required_parameter" if name is None else "invalid_value")
+        if spec.get("strict") is True:
+            problems = openai_strict_errors(spec.get("schema"))
+            if problems:
+                return _error(400, f"Invalid schema for response_format '{name}': {problems[0]}",
+                              param="response_format", code="invalid_json_schema")
+        return None
+
+    def _die(self) -> None:
+        """Imitate the llama-cpp-python process dying: drop this connection, refuse later ones."""
+        import threading
+
+        self.dead = True
+
+        def kill():
+            self._stopping.set()
+            if self._httpd is not None:
+                self._httpd.shutdown()
+                self._httpd.server_close()
+
+        threading.Thread(target=kill, daemon=True).start()
+
+
+# OpenAI strict mode (Structured Outputs "Supported schemas"): the keywords it accepts.
+_OPENAI_KEYWORDS = {
+    "type", "properties", "required", "additionalProperties", "items", "enum", "const", "anyOf", "$ref", "$defs",
+    "definitions", "description", "title", "pattern", "format", "multipleOf", "maximum", "exclusiveMaximum",
+    "minimum", "exclusiveMinimum", "minItems", "maxItems",
+}
+_OPENAI_FORMATS = {"date-time", "time", "date", "duration", "email", "hostname", "ipv4", "ipv6", "uuid"}
+_OPENAI_TYPES = {"string", "number", "integer", "boolean", "object", "array", "null"}
+_MAX_DEPTH, _MAX_PROPERTIES, _MAX_ENUM = 10, 5000, 1000
+
+
+def openai_strict_errors(schema: Any) -> list[str]:
+    """What OpenAI's strict mode says about `schema` (empty: accepted). Messages follow the API's
+    wording, e.g. "In context=('properties', 'x'), 'default' is not permitted."."""
+    if not isinstance(schema, dict):
+        return ["schema must be a JSON Schema of 'type: \"object\"', got 'null'."]
+    if schema.get("type") != "object" or "anyOf" in schema:
+        got = "anyOf" if "anyOf" in schema else schema.get("type")
+        return [f"schema must be a JSON Schema of 'type: \"object\"', got 'type: \"{got}\"'."]
+    errors: list[str] = []
+    counts = {"properties": 0}
+    defs = {**schema.get("$defs", {}), **schema.get("definitions", {})}
+
+    def visit(node: Any, context: tuple, depth: int) -> None:
+        where = f"In context={context!r}, "
+        if not isinstance(node, dict):
+            errors.append(where + "schema must be an object.")
+            return
+        if depth > _MAX_DEPTH:
+            errors.append(where + f"schema has more than {_MAX_DEPTH} levels of nesting.")
+            return
+        for key in node:
+            if key not in _OPENAI_KEYWORDS:
+                errors.append(where + f"'{key}' is not permitted.")
+        if "$ref" in node:
+            ref = node["$ref"]
+            if not (isinstance(ref, str) and ref.startswith(("#/$defs/", "#/definitions/"))
+                    and ref.split("/")[-1] in defs):
+                errors.append(where + f"reference '{ref}' can't be resolved.")
+            return
+        if "anyOf" in node:
+            for i, member in enumerate(node["anyOf"]):
+                visit(member, context + ("anyOf", str(i)), depth + 1)
+            return
+        kind = node.get("type")
+        if kind is None and "enum" not in node and "const" not in node:
+            errors.append(where + "schema must have a 'type' key.")
+            return
+        kinds = kind if isinstance(kind, list) else [kind] if kind is not None else []
+        for k in kinds:
+            if k not in _OPENAI_TYPES:
+                errors.append(where + f"'{k}' is not a valid type.")
+        if "format" in node and node["format"] not in _OPENAI_FORMATS:
+            errors.append(where + f"'{node['format']}' is not a valid format.")
+        if "enum" in node and len(node["enum"]) > _MAX_ENUM:
+            errors.append(where + f"enum has more than {_MAX_ENUM} values.")
+        if "object" in kinds:
+            props = node.get("properties", {})
+            counts["properties"] += len(props)
+            if node.get("additionalProperties") is not False:
+                errors.append(where + "'additionalProperties' is required to be supplied and to be false.")
+            required = node.get("required")
+            missing = [p for p in props if not isinstance(required, list) or p not in required]
+            if missing:
+                errors.append(where + "'required' is required to be supplied and to be an array including every "
+                                      f"key in properties. Missing '{missing[0]}'.")
+            extra = [r for r in (required or []) if r not in props]
+            if extra:
+                errors.append(where + f"'required' names '{extra[0]}', which is not in properties.")
+            for name, sub in props.items():
+                visit(sub, context + ("properties", name), depth + 1)
+        if "array" in kinds:
+            if "items" not in node:
+                errors.append(where + "'items' must be supplied for an array.")
+            else:
+                visit(node["items"], context + ("items",), depth + 1)
+
+    visit({k: v for k, v in schema.items() if k not in ("$defs", "definitions")}, (), 0)
+    for name, sub in defs.items():
+        visit(sub, ("$defs", name), 1)
+    if counts["properties"] > _MAX_PROPERTIES:
+        errors.append(f"schema has {counts['properties']} object properties; at most {_MAX_PROPERTIES} are permitted.")
+    return errors
+
+
+def _longest_max_length(node: Any) -> int:
+    if isinstance(node, dict):
+        own = node.get("maxLength", 0) if node.get("type") in ("string", None) else 0
+        return max([own if isinstance(own, int) else 0] + [_longest_max_length(v) for v in node.values()])
+    if isinstance(node, list):
+        return max([0] + [_longest_max_length(v) for v in node])
+    return 0
+
+
+def _llama_literal_error(kind: Any) -> Reply:
+    detail = {"type": "literal_error", "loc": ("body", "response_format", "type"),
+              "msg": "Input should be 'text' or 'json_object'", "input": kind,
+              "ctx": {"expected": "'text' or 'json_object'"}}
+    message = (f"1 validation error:\n  {detail!r}\n\n  File \"llama_cpp/server/app.py\", line 376, in "
+               "create_chat_completion\n    POST /v1/chat/completions")
+    body = {"error": {"message": message, "type": "internal_server_error", "param": None, "code": None}}
+    return Reply(500, json.dumps(body).encode())
+
+
+def _error(status: int, message: str, *, param: str | None = None, code: str | None = "") -> Reply:
+    body = {"error": {"message": message, "type": _ERROR_TYPES.get(status, "api_error"), "param": param,
+                      "code": str(status) if code == "" else code}}
     return Reply(status, json.dumps(body).encode())
 
 
@@ -154,4 +338,4 @@ def _sse(answer: Answer, model: str) -> bytes:
     return b"".join(f"data: {json.dumps(c)}\n\n".encode() for c in chunks) + b"data: [DONE]\n\n"
 
 
-__all__ = ["Answer", "OpenAIStandIn"]
+__all__ = ["Answer", "OpenAIStandIn", "openai_strict_errors"]
