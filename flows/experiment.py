@@ -108,6 +108,7 @@ def copy_measurements(outcome, result: ExperimentResult) -> None:
     result.train_seconds = outcome.train_seconds
     result.train_wall_seconds = outcome.wall_seconds
     result.train_loop_seconds = outcome.train_loop_seconds
+    result.warmup_seconds = outcome.warmup_seconds
     result.eval_seconds = outcome.eval_seconds
     result.job_seconds = max(outcome.wall_seconds, outcome.train_seconds)
     result.steps, result.examples, result.tokens = outcome.steps, outcome.examples, outcome.tokens

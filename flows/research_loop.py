@@ -95,7 +95,7 @@ def run_loop(goal: Goal, planner, state: LoopState, bench: PreparedBenchmark, li
     with ThreadPoolExecutor(max_workers=width) as pool:
         while True:
             while state.stop_reason() is None and _room(state, in_flight, width):
-                plan = next_plan(planner, state, bench, literature, list(in_flight.values()), width - len(in_flight))
+                plan = next_plan(planner, state, bench, literature, list(in_flight.values()), width)
                 if plan is None:
                     break
                 fidelity = fidelity_for(plan, goal, state.sizing(list(in_flight.values())), state.history, state.rungs)
@@ -119,7 +119,7 @@ def _room(state: LoopState, in_flight: dict, width: int) -> bool:
 
 
 def next_plan(planner, state: LoopState, bench: PreparedBenchmark, literature: list[PaperDigest],
-              pending: list[ExperimentPlan], slots: int = 1) -> ExperimentPlan | None:
+              pending: list[ExperimentPlan], lanes: int = 1) -> ExperimentPlan | None:
     """The planner's next plan, or None (with the reason kept on the state) when there is none."""
     logger = get_run_logger()
     failure = state.pending_failure()
@@ -129,7 +129,7 @@ def next_plan(planner, state: LoopState, bench: PreparedBenchmark, literature: l
         hours_left=state.hours_left, literature=literature, pending=pending,
         eval_files=[str(f) for f in bench.eval_files()],
         failure=failure[0] if failure else None, failure_plan=failure[1] if failure else None,
-        sizing=state.sizing(pending), on_gpu=state.on_gpu, rungs=state.rungs, slots=slots,
+        sizing=state.sizing(pending), on_gpu=state.on_gpu, rungs=state.rungs, lanes=lanes,
     )
     try:
         return plan_next(planner, ctx)

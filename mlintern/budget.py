@@ -27,8 +27,12 @@ from mlintern.schemas import ExperimentPlan, ExperimentResult, Goal, Hyperparame
 # trial that is too short wastes little; one that is too long can eat the budget.
 GPU_EFFECTIVE_FLOPS = 0.10 * 700e12  # 10% MFU of an H100/H200-class bf16 peak
 CPU_EFFECTIVE_FLOPS = 2.0e10
-GPU_STEP_OVERHEAD_S = 0.10  # host-bound per-step cost measured for a 135M model on H200
+GPU_STEP_OVERHEAD_S = 0.15  # host-bound per-step cost: 0.165 s at batch 8 for SmolLM2-135M on H200
 CPU_STEP_OVERHEAD_S = 0.5
+# The first steps of a job pay one-off costs (kernel selection, allocator growth, data workers):
+# 8 steps at batch 32 took 3.6 s on H200 where a step takes 0.18 s. The throughput fit uses the
+# steps after these, and counts the rest as the job's fixed cost.
+WARMUP_STEPS = 5
 METHOD_COST = {Method.sft: 1.0, Method.dpo: 2.5, Method.grpo: 12.0}  # per example, relative to SFT
 
 
@@ -112,8 +116,8 @@ def prior_throughput(params: float, on_gpu: bool, tok_per_example: float) -> Thr
     return Throughput(
         step_overhead_s=GPU_STEP_OVERHEAD_S if on_gpu else CPU_STEP_OVERHEAD_S,
         example_s=6 * params * tok_per_example / flops,
-        fixed_s=4.0 if on_gpu else 8.0,
-        eval_item_s=0.01 if on_gpu else 0.3,
+        fixed_s=15.0 if on_gpu else 8.0,  # H200, a job's first step, load, data prep and save: 22 s measured
+        eval_item_s=0.02 if on_gpu else 0.3,  # H200: 300 dev items in 3-8 s through lm-eval
         tokens_per_example=tok_per_example,
         source="prior " + ("gpu" if on_gpu else "cpu"),
     )
@@ -124,12 +128,13 @@ def fit_throughput(prior: Throughput, history: list[ExperimentResult]) -> Throug
     runs = [r for r in history if r.status != "failed" and r.steps > 0 and r.train_loop_seconds > 0]
     if not runs:
         return prior
-    points = []  # (examples per step, seconds per step of SFT-equivalent work, weight)
+    points = []  # (examples per step, steady seconds per step, weight, method cost)
     for r in runs:
         eps = prior.examples_per_step(r.plan.hyperparameters)
-        points.append((eps, r.train_loop_seconds / r.steps, r.steps, METHOD_COST[r.plan.method]))
+        points.append((eps, _steady_step_seconds(r), r.steps, METHOD_COST[r.plan.method]))
     a, b = _fit_line(prior, points)
-    fixed = [max(0.0, r.job_seconds - r.train_loop_seconds - r.eval_seconds) for r in runs if r.job_seconds > 0]
+    fixed = [max(0.0, r.job_seconds - r.steps * _steady_step_seconds(r) - r.eval_seconds)
+             for r in runs if r.job_seconds > 0]  # the first steps' one-off cost counts as fixed
     items = sum(len(r.curve) * (r.dev.n if r.dev else 0) for r in runs)
     evals = sum(r.eval_seconds for r in runs)
     tokens = [r.tokens / r.examples for r in runs if r.tokens and r.examples]
@@ -140,6 +145,13 @@ def fit_throughput(prior: Throughput, history: list[ExperimentResult]) -> Throug
         tokens_per_example=statistics.median(tokens) if tokens else prior.tokens_per_example,
         measured=len(runs), source="measured",
     )
+
+
+def _steady_step_seconds(r: ExperimentResult) -> float:
+    """Seconds a step takes after the first ones (their one-off costs belong to the job's fixed part)."""
+    if r.warmup_seconds is not None and r.steps > 2 * WARMUP_STEPS:
+        return (r.train_loop_seconds - r.warmup_seconds) / (r.steps - WARMUP_STEPS)
+    return r.train_loop_seconds / r.steps
 
 
 def _fit_line(prior: Throughput, points: list[tuple[int, float, int, float]]) -> tuple[float, float]:
@@ -227,7 +239,7 @@ def rung_seconds(goal: Goal, sz: Sizing, batch: int) -> list[float]:
     explore_s = sched.explore_fraction * sz.budget_s
     trial_job_s = explore_s / 3
     full = sz.train_seconds_for_job(trial_job_s, dev_checks=sched.rungs)
-    floor = sz.throughput.train_seconds(goal.schedule.min_trial_steps, batch)
+    floor = max(sz.throughput.train_seconds(sched.min_trial_steps, batch), sched.min_rung_fraction * sz.budget_s)
     rungs = sched.rungs
     while rungs > 1 and full / eta ** (rungs - 1) < floor:
         rungs -= 1

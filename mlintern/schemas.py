@@ -151,7 +151,14 @@ class Schedule(_Model):
     reduction_factor: int = Field(3, ge=2, le=10, description="Successive-halving reduction factor (eta).")
     rungs: int = Field(3, ge=1, le=6, description="Dev checks per exploration trial (rung r is at r0 * eta**r s).")
     min_trial_steps: int = Field(
-        20, ge=1, le=100_000, description="The first rung of a trial comes no earlier than this many optimizer steps.")
+        50, ge=1, le=100_000, description="The first rung of a trial comes no earlier than this many optimizer steps.")
+    min_rung_fraction: float = Field(
+        0.025, ge=0, le=0.5,
+        description="...nor before this share of the whole budget has been trained: earlier checks score every "
+        "configuration at noise level (measured: 6-15 steps on SmolLM2 left all of them near the base score).")
+    rung_dev_items: int | None = Field(
+        100, ge=5, description="Dev items scored at a rung (the first N; the final check scores the whole dev set). "
+        "None: all of them.")
 
 
 class Retention(_Model):
@@ -361,6 +368,7 @@ class Fidelity(_Model):
     rung_seconds: list[float] = Field(
         default_factory=list, description="Dev checks at these training-clock seconds (successive-halving rungs).")
     reduction_factor: int = 3
+    rung_dev_items: int | None = Field(None, description="Dev items scored at a rung (None: all).")
     peers: list[dict[int, float]] = Field(
         default_factory=list, description="Rung values of finished trials: rung index -> dev score.")
 
@@ -385,6 +393,7 @@ class ExperimentResult(_Model):
     examples: int = Field(0, description="Training rows seen (steps x effective batch).")
     tokens: int = Field(0, description="Training tokens seen.")
     train_loop_seconds: float = Field(0.0, description="Optimizer-loop seconds, dev checks excluded.")
+    warmup_seconds: float | None = Field(None, description="Optimizer-loop seconds of the first steps (one-off costs).")
     job_seconds: float = Field(0.0, description="Wall seconds the job held its accelerator (load, train, eval, save).")
     curve: list[CurvePoint] = Field(default_factory=list, description="Dev checks during training (rungs) and at the end.")
     pruned_at: float | None = Field(None, description="Training-clock seconds at which the pruner stopped it.")

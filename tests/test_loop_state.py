@@ -103,3 +103,22 @@ def test_pooled_score_over_dev_and_confirmation():
     assert beats(p, champion, z=1.0), "a real gain seen on both sets is promoted"
     assert not beats(pooled(score(0.15), score(0.0)), pooled(score(0.1), score(0.1)), z=1.0), \
         "a dev-only win that vanishes on the confirmation set is not"
+
+
+def test_divergence_guard_does_not_fire_on_a_continued_model_near_zero_loss():
+    """Measured on H200: a scale-up from a trained champion logged 0.004, then 0.02-0.05 losses, and
+    the guard (4x the first loss) stopped it as 'diverged'. A real blow-up still stops."""
+    from types import SimpleNamespace
+
+    from mlintern.training.callbacks import DivergenceGuard
+
+    def feed(losses):
+        guard, control = DivergenceGuard(), SimpleNamespace(should_training_stop=False)
+        for step, loss in enumerate(losses, 1):
+            guard.on_log(None, SimpleNamespace(global_step=step), control, logs={"loss": loss})
+        return guard.reason
+
+    assert feed([0.004, 0.03, 0.05, 0.04, 0.02]) is None
+    assert "diverged" in feed([0.004, 3.0, 5.0, 8.0])
+    assert "diverged" in feed([2.5, 11.0, 12.0, 15.0])
+    assert "nan" in feed([2.5, float("nan")])

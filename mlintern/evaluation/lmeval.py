@@ -22,6 +22,7 @@ class EvalSpec(BaseModel):
     include_path: str | None = None
     apply_chat_template: bool = True
     batch_size: int = 16
+    limit: int | None = None  # score only the first N items (rung checks)
 
 
 def _device(device: str) -> str:
@@ -117,7 +118,7 @@ def evaluate_loaded(model, tokenizer, spec: EvalSpec, *, seed: int = 0) -> EvalS
         with autocast:
             results = simple_evaluate(
                 model=lm, tasks=[spec.task], task_manager=_task_manager(spec.include_path),
-                apply_chat_template=spec.apply_chat_template, random_seed=seed, numpy_random_seed=seed,
+                apply_chat_template=spec.apply_chat_template, limit=spec.limit, random_seed=seed, numpy_random_seed=seed,
                 torch_random_seed=seed, fewshot_random_seed=seed,
                 bootstrap_iters=0 if spec.metric == "score" else 100,
             )

@@ -39,7 +39,7 @@ class PlanningContext(BaseModel):
     sizing: Sizing | None = Field(None, description="Budget-derived bounds and the measured throughput.")
     on_gpu: bool = False
     rungs: list[float] = Field(default_factory=list, description="Training-clock seconds of exploration dev checks.")
-    slots: int = Field(1, ge=1, description="Experiments that can start now, this one included (free GPUs).")
+    lanes: int = Field(1, ge=1, description="Experiments the loop runs at once (GPUs it dispatches to).")
 
     def seen_plan_ids(self) -> set[str]:
         return {r.plan_id for r in self.history} | {p.plan_id() for p in self.pending}

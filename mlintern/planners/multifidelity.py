@@ -103,7 +103,7 @@ class MultiFidelityPlanner:
             params = configs[0] if configs else default_config(ctx)
             init, base = "base", None
             source = "the best explored configuration" if configs else "the default configuration"
-        job_s = (sz.left_s - SCALE_UP_MARGIN * sz.budget_s) / max(1, ctx.slots)
+        job_s = _lane_share(ctx, sz, running)
         steps = min(sz.max_steps, sz.steps_for_job(job_s, params["batch_size"], params["method"]))
         if steps < sz.min_steps:
             raise PlannerDone(f"budget spent: {sz.used_s:.0f} of {sz.budget_s:.0f} accelerator-seconds used "
@@ -118,7 +118,7 @@ class MultiFidelityPlanner:
     def _llm_scale_up(self, ctx: PlanningContext, sz: Sizing) -> ExperimentPlan:
         plan = self.proposer.propose(ctx)
         hp = plan.hyperparameters
-        job_s = (sz.left_s - SCALE_UP_MARGIN * sz.budget_s) / max(1, ctx.slots)
+        job_s = _lane_share(ctx, sz, sum(p.stage == "scale_up" for p in ctx.pending))
         eps = sz.throughput.examples_per_step(hp)
         steps = sz.steps_for_job(job_s, eps, plan.method)
         if ctx.goal.search_space.max_steps is not None:
@@ -181,7 +181,14 @@ def fidelity_for(plan: ExperimentPlan, goal: Goal, sz: Sizing, history: list[Exp
     peers = [{p.rung: p.value for p in r.curve if p.rung is not None}
              for r in history if r.plan.stage == "explore" and r.status != "failed"]
     return Fidelity(time_limit_s=cap, rung_seconds=rungs, reduction_factor=goal.schedule.reduction_factor,
-                    peers=[p for p in peers if p])
+                    rung_dev_items=goal.schedule.rung_dev_items, peers=[p for p in peers if p])
+
+
+def _lane_share(ctx: PlanningContext, sz: Sizing, running: int) -> float:
+    """Accelerator seconds for the next scale-up: what is left (running experiments counted at their
+    predicted cost), minus a margin, divided among the lanes that have no scale-up yet, so every
+    GPU trains until the budget is spent instead of one long run while the others idle."""
+    return (sz.left_s - SCALE_UP_MARGIN * sz.budget_s) / max(1, ctx.lanes - running)
 
 
 def _default_batch(ctx: PlanningContext) -> int:

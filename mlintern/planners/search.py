@@ -49,6 +49,23 @@ def plan_params(plan: ExperimentPlan) -> dict:
             "batch_size": hp.per_device_batch_size}
 
 
+def seed_configs(ctx: PlanningContext) -> list[dict]:
+    """The first configurations the loop tries: the defaults, then the same recipe at every larger
+    batch the device allows with the learning rate scaled by sqrt(batch ratio), the square-root
+    scaling rule for Adam (Hoffer et al. 2017; Malladi et al. 2022). At a fixed accelerator budget a
+    larger batch sees more examples per second (host-bound small models: 0.165 vs 0.177 s a step at
+    batch 8 vs 32 on H200), so these are the cheapest strong candidates; TPE takes over after them."""
+    base = default_config(ctx)
+    lo, hi = ctx.goal.search_space.learning_rate
+    out = [base]
+    for batch in sorted(ctx.batch_sizes(), reverse=True):
+        if batch <= base["batch_size"]:
+            continue
+        lr = min(hi, max(lo, base["learning_rate"] * (batch / base["batch_size"]) ** 0.5))
+        out.append({**base, "batch_size": batch, "learning_rate": lr})
+    return out
+
+
 def default_config(ctx: PlanningContext) -> dict:
     """The trl-style defaults a user gets without research (Hyperparameters()), at a batch the space allows."""
     hp = Hyperparameters()
@@ -116,7 +133,7 @@ def sampler_for(kind: str, seed: int) -> optuna.samplers.BaseSampler:
 
 @dataclass
 class ConfigProposer:
-    """TPE over configurations (no size) for the multi-fidelity loop; the first trial is the defaults."""
+    """TPE over configurations (no size) for the multi-fidelity loop, after the seed configurations."""
 
     sampler: str = "tpe"
     name: str = "optuna-tpe"
@@ -124,8 +141,9 @@ class ConfigProposer:
     def propose_config(self, ctx: PlanningContext, trials: list[ExperimentResult], eta: int) -> dict:
         dists = config_distributions(ctx.goal.search_space, ctx.batch_sizes())
         seen = {_key(plan_params(r.plan)) for r in trials} | {_key(plan_params(p)) for p in ctx.pending}
-        if not trials and not ctx.pending:
-            return default_config(ctx)
+        for params in seed_configs(ctx):
+            if _key(params) not in seen:
+                return params
         for attempt in range(30):
             study = optuna.create_study(direction="maximize",
                                         sampler=sampler_for(self.sampler, ctx.goal.seed * 1000 + len(trials) * 37 + attempt))

@@ -38,6 +38,7 @@ class TrainOutcome(BaseModel):
     tokens: int = 0
     train_seconds: float = 0.0  # trainer build + train + save, inside the job
     train_loop_seconds: float = 0.0  # optimizer loop only, dev checks excluded
+    warmup_seconds: float | None = None  # training clock after the first WARMUP_STEPS steps
     eval_seconds: float = 0.0  # dev checks and the final dev score, inside the job
     wall_seconds: float = 0.0  # the whole job as its runner saw it (fresh process: imports too)
     dev: EvalScore | None = None

@@ -23,6 +23,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from transformers import TrainerCallback
 
+from mlintern.budget import WARMUP_STEPS
 from mlintern.schemas import CurvePoint, EvalScore, Fidelity
 
 log = logging.getLogger(__name__)
@@ -49,7 +50,7 @@ def pruning_trial(fidelity: Fidelity) -> optuna.Trial:
 class FidelityCallback(TrainerCallback):
     """Dev checks at the rungs, the pruner's decision after each but the last, and the time cap."""
 
-    def __init__(self, fidelity: Fidelity, evaluate: Callable[[], EvalScore] | None,
+    def __init__(self, fidelity: Fidelity, evaluate: Callable[[bool], EvalScore] | None,
                  examples_per_step: int, log_point: Callable[[CurvePoint, int], None] | None = None):
         self.fidelity = fidelity
         self.evaluate = evaluate
@@ -64,6 +65,7 @@ class FidelityCallback(TrainerCallback):
         self.time_capped = False
         self.last_eval_step: int | None = None
         self.last_score: EvalScore | None = None
+        self.warmup_seconds: float | None = None  # training clock when WARMUP_STEPS were done
 
     def train_clock(self) -> float:
         """Seconds of training so far, dev checks excluded."""
@@ -75,9 +77,10 @@ class FidelityCallback(TrainerCallback):
         self.started = time.time()
 
     def check(self, step: int, rung: int | None) -> EvalScore:
+        """Score dev now: a rung check on the first `rung_dev_items` items, the final one on all."""
         t0 = time.time()
         clock = self.train_clock()
-        score = self.evaluate()
+        score = self.evaluate(rung is not None)
         self.eval_seconds += time.time() - t0
         point = CurvePoint(step=step, examples=step * self.examples_per_step, train_seconds=round(clock, 3),
                            value=score.value, rung=rung)
@@ -89,6 +92,8 @@ class FidelityCallback(TrainerCallback):
 
     def on_step_end(self, args, state, control, **kwargs):
         clock = self.train_clock()
+        if state.global_step == WARMUP_STEPS:
+            self.warmup_seconds = clock
         rungs = self.fidelity.rung_seconds
         if self.trial is not None and self.next_rung < len(rungs) and clock >= rungs[self.next_rung]:
             k = self.next_rung
@@ -103,6 +108,8 @@ class FidelityCallback(TrainerCallback):
                 return control
             if last:
                 control.should_training_stop = True  # the trial's last rung: it has had its budget
+                if self.fidelity.rung_dev_items:
+                    self.last_eval_step = None  # the final score is taken on the whole dev set
         cap = self.fidelity.time_limit_s
         if cap is not None and clock >= cap and not control.should_training_stop:
             self.time_capped = True

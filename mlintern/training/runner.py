@@ -186,8 +186,11 @@ def run(job: TrainJob, faults: dict | None = None, cache=None) -> TrainOutcome:
     model, tokenizer = load_for_training(job.model_path, attn_implementation(job), cache)
     holder: dict = {}
 
-    def score_dev():
-        return evaluate_loaded(holder["trainer"].model, tokenizer, job.evaluation, seed=job.seed)
+    def score_dev(rung: bool):
+        spec = job.evaluation
+        if rung and job.fidelity.rung_dev_items:
+            spec = spec.model_copy(update={"limit": job.fidelity.rung_dev_items})
+        return evaluate_loaded(holder["trainer"].model, tokenizer, spec, seed=job.seed)
 
     eps = hp.per_device_batch_size * hp.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", "1"))
     fidelity = FidelityCallback(job.fidelity, score_dev if job.evaluation else None, eps, _curve_logger(job))
@@ -204,6 +207,7 @@ def run(job: TrainJob, faults: dict | None = None, cache=None) -> TrainOutcome:
         status="pruned" if fidelity.pruned_at is not None else "succeeded", final_loss=guard.last_loss,
         steps=steps, examples=steps * eps, tokens=tokens, train_loop_seconds=loop_seconds,
         pruned_at=fidelity.pruned_at, stopped_by_time_limit=fidelity.time_capped,
+        warmup_seconds=fidelity.warmup_seconds,
     )
     if outcome.status == "succeeded":
         if job.evaluation is not None:
