@@ -91,10 +91,13 @@ class LLMPlanner:
         schema = schema or plan_schema(ctx.goal)
         steps = plan_bounds(ctx).max_steps
         system = render("planner_system.md", schema=json.dumps(schema), max_steps_hint=steps[1] if steps else None)
+        from mlintern.planners.facts import budget_facts
+
         user = render(
             "planner_user.md", goal=ctx.goal, metric=ctx.metric, baseline=ctx.baseline,
             champion=ctx.champion, history=ctx.history, literature=ctx.literature,
-            experiments_left=ctx.experiments_left, hours_left=ctx.hours_left,
+            experiments_left=ctx.experiments_left, hours_left=ctx.hours_left, budget=budget_facts(ctx),
+            bounds=plan_bounds(ctx),
             failure=ctx.failure, failure_plan_id=ctx.failure_plan.plan_id() if ctx.failure_plan else None,
         )
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
