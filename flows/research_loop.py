@@ -110,6 +110,9 @@ def run_loop(goal: Goal, planner, state: LoopState, bench: PreparedBenchmark, li
             for future in done:
                 in_flight.pop(future)
                 finish(future.result(), state, bench, base_model, experiment_id)
+            # "nothing left to fund" was judged with running experiments at their predicted cost;
+            # ask again now that one has finished at its real cost
+            state.planner_done = None
 
 
 def _room(state: LoopState, in_flight: dict, width: int) -> bool:

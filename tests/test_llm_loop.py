@@ -59,7 +59,7 @@ def test_loop_against_a_llama_cpp_python_like_server_spends_its_budget(
     assert formats == ["json_schema", "json_object", "json_object", "json_object"], "refused once, remembered"
 
     assert len(report.experiments) == 2 and all(r.status == "succeeded" for r in report.experiments)
-    assert "experiment budget spent" in report.stop_reason and report.planner == "llm:openai/stand-in"
+    assert "experiment budget spent" in report.stop_reason and report.planner == "multi-fidelity (llm:openai/stand-in)"
     runs = runs_of(goal, "experiment")
     transcripts = [transcript_of(r) for r in runs]
     for run, t in zip(runs, transcripts):
@@ -93,13 +93,13 @@ def test_llm_outage_mid_loop_falls_back_to_search_and_spends_the_budget(
         report = research_loop(goal)
     assert len(report.experiments) == 2 and all(r.status == "succeeded" for r in report.experiments)
     assert "experiment budget spent" in report.stop_reason
-    assert report.planner.startswith("llm:openai/stand-in; 1 of 2 plans made by optuna-tpe because the LLM failed")
+    assert report.planner.startswith("multi-fidelity (llm:openai/stand-in); 1 of 2 plans made by multi-fidelity (optuna-tpe) because the LLM failed")
     assert "HTTP 503" in report.planner and report.planner in report.markdown
     assert len(server.chat_requests) == 2
     runs = runs_of(goal, "experiment")
     assert [r.data.tags["intern.plan_source"] for r in runs] == ["llm", "search-fallback"]
     assert "HTTP 503" in runs[1].data.tags["intern.llm_error"]
-    assert runs[1].data.tags["intern.planner"] == "optuna-tpe (fallback from llm:openai/stand-in)"
+    assert runs[1].data.tags["intern.planner"] == "multi-fidelity (optuna-tpe) (fallback from multi-fidelity (llm:openai/stand-in))"
     assert report.baseline_test is not None and runs_of(goal, "report"), "the report was written"
 
     from prefect.client.orchestration import get_client
@@ -109,4 +109,4 @@ def test_llm_outage_mid_loop_falls_back_to_search_and_spends_the_budget(
         while batch := client.read_logs(limit=200, offset=offset):
             logs += [log.message for log in batch]
             offset += 200
-    assert any("planning with optuna-tpe instead of the LLM" in m for m in logs), "said in the Prefect log"
+    assert any("planning with multi-fidelity (optuna-tpe) instead of the LLM" in m for m in logs), "said in the Prefect log"

@@ -288,7 +288,7 @@ def test_fallback_planner_plans_with_search_while_the_llm_is_down_and_tries_it_a
     with OpenAIStandIn(answer) as server:
         goal = goal.model_copy(update={"llm_api_base": server.api_base})
         planner = make_planner(goal)
-        assert isinstance(planner, FallbackPlanner) and planner.name == "llm:openai/stand-in"
+        assert isinstance(planner, FallbackPlanner) and planner.name == "multi-fidelity (llm:openai/stand-in)"
         history, asked = [], []
         for round_ in range(1, 9):
             if round_ == 8:
@@ -300,14 +300,14 @@ def test_fallback_planner_plans_with_search_while_the_llm_is_down_and_tries_it_a
             assert transcript is not None and take_transcript(plan) is None, "handed over once"
             if round_ < 8:
                 assert transcript.source == "search-fallback" and "HTTP 503" in (transcript.error or "")
-                assert transcript.planner == "optuna-tpe (fallback from llm:openai/stand-in)"
+                assert transcript.planner == "multi-fidelity (optuna-tpe) (fallback from multi-fidelity (llm:openai/stand-in))"
             history.append(done(plan, 0.1))
     # two failed rounds bench the LLM; then it is asked every 3rd round; round 8 it answers
     assert asked == [True, True, False, False, True, False, False, True]
     assert transcript.source == "llm" and planner.llm_plans == 1 and planner.fallback_plans == 7
     assert not planner.benched
     summary = planner_summary(planner)
-    assert summary.startswith("llm:openai/stand-in; 7 of 8 plans made by optuna-tpe because the LLM failed")
+    assert summary.startswith("multi-fidelity (llm:openai/stand-in); 7 of 8 plans made by multi-fidelity (optuna-tpe) because the LLM failed")
 
 
 def test_llm_spend_is_counted_once_per_goal_over_planning_and_experiments():

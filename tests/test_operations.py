@@ -189,6 +189,7 @@ def test_save_format_follows_the_compute_dtype(intern_env, smol_model, monkeypat
     from transformers import AutoModelForCausalLM
 
     from mlintern.training.job import TrainJob
+    from mlintern.training.loading import load_for_training
     from mlintern.training.runner import build_trainer, save_model
     from tests.test_training_sft import sft_rows
 
@@ -197,7 +198,7 @@ def test_save_format_follows_the_compute_dtype(intern_env, smol_model, monkeypat
                    output_dir=str(intern_env / "out"), device="cpu")
     monkeypatch.setenv("MLFLOW_RUN_ID", MlflowClient().create_run(
         MlflowClient().create_experiment(f"save-{bf16}")).info.run_id)
-    trainer = build_trainer(job, [])
+    trainer = build_trainer(job, [], *load_for_training(smol_model))
     trainer.train()
     trainer.args.bf16 = bf16  # what base_args sets on a GPU
     out = intern_env / "out" / "model"
