@@ -88,9 +88,14 @@ def save_model(trainer, out: Path, faults: dict | None = None) -> None:
     if trainer.is_world_process_zero():
         _remove(tmp)  # left by an attempt that died while saving
     model = trainer.model
+    bf16 = getattr(trainer.args, "bf16", False)
+    single = trainer.accelerator.num_processes == 1
     if hasattr(model, "merge_and_unload"):
         if trainer.is_world_process_zero():
-            model.merge_and_unload().save_pretrained(tmp)
+            merged = model.merge_and_unload()
+            (_in_bf16(merged) if bf16 else merged).save_pretrained(tmp)
+    elif bf16 and single:  # cast in memory (the job is over): one bf16 write, not fp32 then a rewrite
+        _in_bf16(model).save_pretrained(tmp)
     else:
         trainer.save_model(str(tmp))  # gathers sharded (FSDP) weights on every rank
     trainer.accelerator.wait_for_everyone()
@@ -100,10 +105,17 @@ def save_model(trainer, out: Path, faults: dict | None = None) -> None:
             getattr(tok, "tokenizer", tok).save_pretrained(tmp)
         for junk in ("training_args.bin",):
             (tmp / junk).unlink(missing_ok=True)
-        if getattr(trainer.args, "bf16", False):
+        if bf16 and not single:
             _to_bf16(tmp)
         _remove(out)  # an interrupted earlier attempt at this plan finished saving
         tmp.rename(out)
+
+
+def _in_bf16(model):
+    """The model with its float32 weights cast to bfloat16, in place."""
+    import torch
+
+    return model.to(torch.bfloat16)
 
 
 def _remove(path: Path) -> None:
