@@ -44,8 +44,8 @@ def main() -> None:
     from mlintern.settings import get_settings
     from mlintern.tracking import init_tracking
     from mlintern.training.job import TrainJob
-    from tasks.evaluate import eval_spec
-    from tasks.train import train
+    from mlintern.tasks.evaluate import eval_spec
+    from mlintern.tasks.train import train
 
     uri = init_tracking()
     model = resolve_model(BUILTIN_BASE_MODEL, work, Path(os.environ.get("INTERN_MODELS_DIR", work / "models")))

@@ -65,7 +65,7 @@ def run(
         "llm_model": llm_model, "llm_api_base": llm_api_base,
         "use_literature": False if no_literature else None,
     })
-    from flows.research_loop import research_loop
+    from mlintern.flows.research_loop import research_loop
 
     _own_temporary_server()
     report = research_loop(goal)
@@ -137,7 +137,7 @@ def budget(
     g = load_goal(goal_file, {"base_model": base_model, "budget.gpu_hours": gpu_hours,
                               "budget.max_experiments": max_experiments})
     if params is None:
-        from tasks.budget import hub_params
+        from mlintern.tasks.budget import hub_params
 
         params = model_params(g.base_model) if Path(g.base_model).exists() else (hub_params(g.base_model) or 1.5e9)
     on_gpu = device == "cuda"

@@ -13,7 +13,7 @@ from typing import Literal
 from pydantic import SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
-# Quiet, offline-safe defaults (see shared/FIELD_NOTES.md); a user may override each.
+# Quiet, offline-safe defaults (no telemetry, no Hub calls when offline); a user may override each.
 _ENV_DEFAULTS = {
     "LITELLM_LOCAL_MODEL_COST_MAP": "True",
     "DO_NOT_TRACK": "true",

@@ -1,14 +1,12 @@
-"""Prefect tasks: each does one thing, with retries and timeouts that match what can fail."""
+"""The Prefect tasks the flows run: one module each in mlintern/tasks (installed with the
+package). Re-exported here so the project's top level shows the pipeline's parts."""
 
-import logging
+from mlintern.tasks.budget import budget_facts
+from mlintern.tasks.data import build_data
+from mlintern.tasks.evaluate import evaluate
+from mlintern.tasks.literature import gather_literature
+from mlintern.tasks.plan import plan_next
+from mlintern.tasks.setup import prepare, resolve
+from mlintern.tasks.train import train
 
-
-def run_logger() -> logging.Logger | logging.LoggerAdapter:
-    """Prefect's run logger inside a flow or task run; a plain logger when called via `.fn()`."""
-    from prefect import get_run_logger
-    from prefect.exceptions import MissingContextError
-
-    try:
-        return get_run_logger()
-    except MissingContextError:
-        return logging.getLogger("mlintern.tasks")
+__all__ = ["budget_facts", "build_data", "evaluate", "gather_literature", "plan_next", "prepare", "resolve", "train"]

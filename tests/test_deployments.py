@@ -311,7 +311,7 @@ def test_nightly_resumes_from_champion(intern_env, tmp_path):
     """fetch_champion downloads the `champion` alias; the nightly goal starts from it with a carried budget."""
     from mlflow.tracking import MlflowClient
 
-    from flows.nightly import fetch_champion, nightly_goal
+    from mlintern.flows.nightly import fetch_champion, nightly_goal
     from mlintern.schemas import Budget, EvalScore, ExperimentPlan, ExperimentResult, Hyperparameters
     from mlintern.tracking import (ensure_experiment, finish_experiment_run, get_or_log_baseline,
                                    register_champion, start_experiment_run)

@@ -9,7 +9,7 @@ import litellm
 import mlflow
 import pytest
 
-from flows.research_loop import research_loop
+from mlintern.flows.research_loop import research_loop
 from mlintern.llm import LLMTranscript, forget_modes
 from mlintern.settings import get_settings
 from tests.conftest import tiny_goal

@@ -330,7 +330,7 @@ def test_a_transcript_travels_to_a_remote_worker_as_an_experiment_parameter():
     from prefect.utilities.callables import parameter_schema
     from prefect.utilities.schema_tools import validate
 
-    from flows.experiment import experiment
+    from mlintern.flows.experiment import experiment
     from mlintern.llm import LLMCall, LLMTranscript
 
     transcript = LLMTranscript(planner="llm:openai/x", model="openai/x", source="llm-clamped", mode="json_object",

@@ -149,6 +149,6 @@ def test_research_loop_planned_by_a_real_model(llama_server, intern_env, prefect
 
 
 def research_loop_for(goal):
-    from flows.research_loop import research_loop
+    from mlintern.flows.research_loop import research_loop
 
     return research_loop(goal)

@@ -225,7 +225,7 @@ def test_loop_of_six_keeps_bounded_weights_and_a_loadable_champion(intern_env, p
     transformers, and the report states the disk used."""
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
-    from flows.research_loop import research_loop
+    from mlintern.flows.research_loop import research_loop
 
     goal = tiny_goal(name="retention-loop", budget={"max_experiments": 6}, stop={"patience": 10, "noise_z": 0.0},
                      retention={"keep_best_candidates": 1})

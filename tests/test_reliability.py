@@ -50,7 +50,7 @@ def test_missing_model_id_fails_fast_and_clearly(tmp_path):
 
 def run_train_task(tmp_path, monkeypatch, smol_model, faults):
     """The real `train` task (child process, hard timeout) with a fault injected."""
-    from tasks.train import train
+    from mlintern.tasks.train import train
     from mlintern.training.job import TrainJob
 
     monkeypatch.setenv("INTERN_INJECT_FAULTS", json.dumps(faults))
@@ -98,7 +98,7 @@ def test_a_plan_cannot_train_on_the_evaluation_files(tmp_path):
 
 def test_integrity_check_refuses_the_final_test_after_tampering(intern_env, prefect_harness, smol_model, monkeypatch):
     """An evaluation file changed during the loop (here by the 'LLM' side) stops the final report."""
-    from flows.research_loop import IntegrityError, research_loop
+    from mlintern.flows.research_loop import IntegrityError, research_loop
     from tests.test_research_loop import plan_json
 
     monkeypatch.setenv("INTERN_LLM_API_KEY", "sk-test-integrity")

@@ -7,7 +7,7 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from flows.research_loop import research_loop
+from mlintern.flows.research_loop import research_loop
 from mlintern.settings import get_settings
 from mlintern.tracking import experiment_name
 from tests.conftest import tiny_goal

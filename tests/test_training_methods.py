@@ -186,7 +186,7 @@ def test_accelerate_configs_parse():
 
 
 def _training_command(job_path, outcome_path):
-    from tasks.train import training_command  # the command the Prefect train task runs
+    from mlintern.tasks.train import training_command  # the command the Prefect train task runs
 
     return training_command(job_path, outcome_path, None)
 

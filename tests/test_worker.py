@@ -42,7 +42,7 @@ def wait_dead(pid: int, seconds: float) -> bool:
 @pytest.fixture
 def job_for(intern_env, smol_model):
     """A train job on the real model: 2 steps, dev scored in the job on 6 items."""
-    from tasks.evaluate import eval_spec
+    from mlintern.tasks.evaluate import eval_spec
 
     bench = prepare_benchmark(BenchmarkSpec(dev_size=6, test_size=6, max_gen_toks=6), intern_env / "work")
     mlflow_client = MlflowClient()
@@ -93,7 +93,7 @@ def test_a_trial_below_its_peers_is_pruned_at_its_first_rung(job_for, intern_env
 
 
 def test_sigkill_mid_job_is_a_failed_job_and_the_next_job_gets_a_new_worker(job_for, intern_env, prefect_harness):
-    from tasks.train import train
+    from mlintern.tasks.train import train
 
     job, run_id = job_for("killed", steps=3, faults={"die_at_step": 1})
     outcome = train.fn(job, run_id, get_settings().resolved_tracking_uri(), 900)

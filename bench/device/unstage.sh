@@ -29,7 +29,7 @@ import importlib, torch, transformers, trl, datasets, prefect, mlflow, lm_eval, 
 print("versions: torch", torch.__version__, "transformers", transformers.__version__, "trl", trl.__version__,
       "prefect", prefect.__version__, "mlflow", mlflow.__version__, "lm_eval", lm_eval.__version__,
       "gpus", torch.cuda.device_count(), torch.cuda.get_device_name(0))
-for m in ("flows.research_loop", "flows.experiment", "mlintern.worker.server", "mlintern.cli"):
+for m in ("mlintern.flows.research_loop", "mlintern.flows.experiment", "mlintern.worker.server", "mlintern.cli"):
     importlib.import_module(m)
 print("project imports ok")
 PY

@@ -19,7 +19,7 @@ from mlintern.schemas import Failure, FailureKind
 from mlintern.settings import get_settings
 from mlintern.training.failures import classify
 from mlintern.training.job import TrainJob, TrainOutcome
-from tasks import run_logger
+from mlintern.tasks import run_logger
 
 
 def training_command(job_path: Path, outcome_path: Path, faults: str | None) -> list[str]:

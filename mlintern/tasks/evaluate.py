@@ -23,7 +23,7 @@ def evaluate(model_path: str, bench: PreparedBenchmark, split: str, device: str 
     """lm-eval on the benchmark's dev, confirmation or held-out test task, on this device's persistent
     worker (the fresh path: in this process). Retried once: a transient failure (a busy GPU, a flaky
     data read) should not cost an experiment."""
-    from tasks.train import use_worker
+    from mlintern.tasks.train import use_worker
 
     spec = eval_spec(bench, split, device)
     if not use_worker():

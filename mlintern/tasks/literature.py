@@ -8,7 +8,7 @@ from mlintern.planners.base import PaperDigest
 from mlintern.schemas import Goal
 from mlintern.settings import get_settings
 from mlintern.tracking import ensure_experiment, log_literature
-from tasks import run_logger
+from mlintern.tasks import run_logger
 
 
 @task(name="gather-literature", cache_policy=NO_CACHE, retries=0, timeout_seconds=900)

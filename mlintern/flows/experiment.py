@@ -1,0 +1,117 @@
+"""One experiment: build data -> train -> evaluate on dev -> record in MLflow.
+
+Runs as a subflow of the controller on the embedded default, or as the `experiment`
+deployment on a GPU work pool. Every outcome, failure included, ends as an ExperimentResult
+in MLflow, so nothing is lost if the controller dies meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import traceback
+from contextlib import nullcontext
+
+from prefect import flow, get_run_logger
+from prefect.concurrency.sync import concurrency
+from prefect.runtime import flow_run
+
+from mlintern.llm import LLMClient, LLMTranscript
+from mlintern.schemas import ExperimentPlan, ExperimentResult, Fidelity, Goal
+from mlintern.settings import get_settings
+from mlintern.tracking import (
+    ensure_experiment,
+    finish_experiment_run,
+    init_tracking,
+    log_llm_transcript,
+    start_experiment_run,
+)
+from mlintern.training.failures import classify
+from mlintern.training.job import TrainJob
+from mlintern.tasks.data import build_data
+from mlintern.tasks.evaluate import eval_spec
+from mlintern.tasks.setup import prepare
+from mlintern.tasks.train import train
+
+
+def _column_mapper(goal: Goal, transcript: LLMTranscript | None) -> LLMClient | None:
+    """The LLM that proposes hub column maps, when one is configured. Its spend comes out of the
+    goal's LLM budget: capped at what the goal had left when the plan was made (from the plan's
+    transcript), and returned in ExperimentResult.llm_dollars for the loop to count."""
+    model = goal.llm_model or get_settings().llm_model
+    if not model or goal.planner in ("search", "random"):
+        return None
+    left = goal.budget.llm_dollars
+    if transcript is not None and transcript.budget_left_dollars is not None:
+        left = min(left, transcript.budget_left_dollars)
+    return LLMClient(model=model, api_base=goal.llm_api_base or get_settings().llm_api_base, budget_dollars=left)
+
+
+def gpu_slot():
+    """Hold this worker's GPU slot (global concurrency limits `gpu` and `gpu-<id>`, made by
+    deployments/setup.sh) so no GPU runs two jobs; a no-op where no GPU id is assigned."""
+    gid = os.environ.get("INTERN_GPU_ID")
+    if not gid:
+        return nullcontext()
+    return concurrency(["gpu", f"gpu-{gid}"], occupy=1, strict=False)
+
+
+@flow(name="experiment", log_prints=True, validate_parameters=True)
+def experiment(
+    goal: Goal, plan: ExperimentPlan, init_model: str, timeout_s: float | None = None,
+    fidelity: Fidelity | None = None,
+    llm_transcript: LLMTranscript | None = None,
+) -> ExperimentResult:
+    """Data, then one training job that also checks dev at the schedule's rungs (the pruner may stop
+    it there) and scores dev from the weights in memory; everything lands in MLflow."""
+    logger = get_run_logger()
+    settings = get_settings()
+    tracking_uri = init_tracking()
+    experiment_id = ensure_experiment(goal)
+    plan_id = plan.plan_id()
+    run_id = start_experiment_run(experiment_id, goal, plan, flow_run.get_id())
+    out_dir = settings.work_dir.resolve() / "runs" / goal.goal_id() / plan_id
+    result = ExperimentResult(plan_id=plan_id, plan=plan, status="failed", mlflow_run_id=run_id)
+    if llm_transcript is not None:  # how the plan was made: the audit trail sits with its run
+        log_llm_transcript(run_id, llm_transcript)
+    mapper = _column_mapper(goal, llm_transcript)
+    try:
+        bench = prepare(goal.benchmark)
+        built = build_data(plan, bench, settings.work_dir.resolve(), run_id, mapper)
+        result.decontaminated = built.removed_contaminated
+        job = TrainJob(plan=plan, model_path=init_model, data_path=built.path, output_dir=str(out_dir),
+                       device=goal.device, seed=goal.seed, benchmark_kind=goal.benchmark.kind,
+                       benchmark_metric=bench.metric, fidelity=fidelity or Fidelity(),
+                       evaluation=eval_spec(bench, "dev", goal.device))
+        with gpu_slot():
+            outcome = train(job, run_id, tracking_uri, timeout_s or settings.train_timeout_s)
+        copy_measurements(outcome, result)
+        if outcome.status != "failed":
+            result.status = outcome.status
+            result.dev = outcome.dev
+            result.model_path = outcome.model_dir
+    except Exception as exc:  # bad data, a dead evaluation: recorded, never fatal to the loop
+        logger.error("experiment %s failed: %s", plan_id, exc)
+        result.failure = classify(exc, traceback.format_exc())
+    result.llm_dollars = mapper.spent_dollars if mapper is not None else 0.0
+    finish_experiment_run(run_id, result)
+    if result.dev is not None:
+        logger.info("plan %s (%s): %s, dev %s = %.4f, %d steps, %.0f accelerator-seconds", plan_id, plan.stage,
+                    result.status, result.dev.metric, result.dev.value, result.steps, result.accelerator_hours * 3600)
+    return result
+
+
+def copy_measurements(outcome, result: ExperimentResult) -> None:
+    """What the job measured. The budget counts what held the accelerator: the whole job (model load,
+    dev checks and save included; a fresh process's imports too, bench/RESULTS.md section 3)."""
+    result.failure = outcome.failure
+    result.train_loss = outcome.final_loss
+    result.train_seconds = outcome.train_seconds
+    result.train_wall_seconds = outcome.wall_seconds
+    result.train_loop_seconds = outcome.train_loop_seconds
+    result.warmup_seconds = outcome.warmup_seconds
+    result.eval_seconds = outcome.eval_seconds
+    result.job_seconds = max(outcome.wall_seconds, outcome.train_seconds)
+    result.steps, result.examples, result.tokens = outcome.steps, outcome.examples, outcome.tokens
+    result.curve = outcome.curve
+    result.pruned_at = outcome.pruned_at
+    result.accelerator_hours = result.job_seconds / 3600

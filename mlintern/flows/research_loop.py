@@ -1,0 +1,256 @@
+"""The controller: baseline -> loop { plan -> run -> evaluate on dev -> decide } -> final test -> report.
+
+Reads like the research loop it runs. All durable state lives in MLflow, so a controller
+killed at any point and started again for the same goal picks up where it stopped.
+"""
+
+from __future__ import annotations
+
+import contextvars
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_markdown_artifact
+from prefect.cache_policies import NO_CACHE
+
+from mlintern.flows.experiment import experiment
+from mlintern.benchmarks import PreparedBenchmark
+from mlintern.budget import fmt_seconds
+from mlintern.llm import LLMBudgetExceeded, LLMError
+from mlintern.loop import LoopState
+from mlintern.planners import PlanningContext, PlanRejected, make_planner
+from mlintern.planners.base import PaperDigest, PlannerDone
+from mlintern.planners.multifidelity import fidelity_for
+from mlintern.progress import markdown_image, progress_png
+from mlintern.planners.fallback import planner_summary, take_transcript, total_llm_dollars
+from mlintern.report import render_report
+from mlintern.retention import enforce as enforce_retention
+from mlintern.selection import beats, pooled
+from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Goal, LoopReport
+from mlintern.settings import get_settings
+from mlintern.tracking import (
+    ensure_experiment,
+    get_or_log_baseline,
+    load_history,
+    log_progress,
+    log_report,
+    register_champion,
+    update_result,
+)
+from mlintern.tasks.budget import budget_facts
+from mlintern.tasks.evaluate import evaluate, timed_evaluate
+from mlintern.tasks.literature import gather_literature
+from mlintern.tasks.plan import plan_next
+from mlintern.tasks.setup import prepare, resolve
+
+
+class IntegrityError(RuntimeError):
+    pass
+
+
+@flow(name="research-loop", log_prints=True, validate_parameters=True)
+def research_loop(goal: Goal) -> LoopReport:
+    logger = get_run_logger()
+    started = time.time()
+    experiment_id = ensure_experiment(goal)
+    bench = prepare(goal.benchmark)
+    fingerprint = bench.fingerprint()
+    base_model = resolve(goal.base_model)
+    baseline = get_or_log_baseline(experiment_id, goal, "dev",
+                                   lambda: evaluate(base_model, bench, "dev", goal.device))
+    state = LoopState(goal=goal, baseline=baseline, started=started, **budget_facts(goal, base_model, bench))
+    for result in load_history(experiment_id):  # resume: finished plans are never re-run
+        state.record(result)
+    if state.history:
+        logger.info("resuming goal %s with %d finished experiments", goal.goal_id(), len(state.history))
+        if state.champion is not None:  # the crash may have come before the registry update
+            register_champion(goal, state.champion)
+
+    planner = make_planner(goal)
+    print(f"Planner: {planner.name}. Budget: {fmt_seconds(state.budget_s)} of accelerator time, "
+          f"{goal.budget.max_experiments} experiments at most; throughput prior: {state.prior.describe()}; "
+          f"exploration dev checks at {', '.join(f'{r:.1f}' for r in state.rungs)} s of training.")
+    if planner.name.startswith("multi-fidelity (optuna") and goal.planner == "auto":
+        print("No LLM configured: configurations come from Optuna TPE. Set INTERN_LLM_MODEL "
+              "(e.g. openai/gpt-4o-mini) to let an LLM propose them.")
+    literature = gather_literature(goal, planner) if goal.use_literature else []
+
+    run_loop(goal, planner, state, bench, literature, base_model, experiment_id)
+    reason = state.stop_reason() or "stopped"
+    logger.info("stopping: %s", reason)
+    enforce_retention(goal, state.history, state.champion)  # also after a resume that stops at once
+
+    check_integrity(bench, fingerprint)
+    return final_report(goal, state, bench, base_model, planner, reason)
+
+
+def run_loop(goal: Goal, planner, state: LoopState, bench: PreparedBenchmark, literature: list[PaperDigest],
+             base_model: str, experiment_id: str) -> None:
+    """Keep up to `parallel_experiments` experiments in flight (one where no experiment deployment
+    dispatches them); plan the next one as soon as one finishes, until a stop reason holds."""
+    dispatch = get_settings().experiment_deployment is not None
+    width = goal.parallel_experiments if dispatch else 1
+    in_flight: dict[Future, ExperimentPlan] = {}
+    with ThreadPoolExecutor(max_workers=width) as pool:
+        while True:
+            while state.stop_reason() is None and _room(state, in_flight, width):
+                plan = next_plan(planner, state, bench, literature, list(in_flight.values()), width)
+                if plan is None:
+                    break
+                fidelity = fidelity_for(plan, goal, state.sizing(list(in_flight.values())), state.history, state.rungs)
+                run = _runner(goal, plan, state, base_model, fidelity, dispatch)
+                if not dispatch:  # embedded: the experiment is a subflow in this thread
+                    finish(run(), state, bench, base_model, experiment_id)
+                    continue
+                in_flight[pool.submit(contextvars.copy_context().run, run)] = plan
+            if not in_flight:
+                return
+            done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
+            for future in done:
+                in_flight.pop(future)
+                finish(future.result(), state, bench, base_model, experiment_id)
+            # "nothing left to fund" was judged with running experiments at their predicted cost;
+            # ask again now that one has finished at its real cost
+            state.planner_done = None
+
+
+def _room(state: LoopState, in_flight: dict, width: int) -> bool:
+    if len(state.history) + len(in_flight) >= state.goal.budget.max_experiments:
+        return False
+    return len(in_flight) < (1 if state.pending_failure() else width)
+
+
+def next_plan(planner, state: LoopState, bench: PreparedBenchmark, literature: list[PaperDigest],
+              pending: list[ExperimentPlan], lanes: int = 1) -> ExperimentPlan | None:
+    """The planner's next plan, or None (with the reason kept on the state) when there is none."""
+    logger = get_run_logger()
+    failure = state.pending_failure()
+    ctx = PlanningContext(
+        goal=state.goal, metric=bench.metric, baseline=state.baseline, history=state.history,
+        champion=state.champion, experiments_left=state.experiments_left - len(pending),
+        hours_left=state.hours_left, literature=literature, pending=pending,
+        eval_files=[str(f) for f in bench.eval_files()],
+        failure=failure[0] if failure else None, failure_plan=failure[1] if failure else None,
+        sizing=state.sizing(pending), on_gpu=state.on_gpu, rungs=state.rungs, lanes=lanes,
+    )
+    try:
+        return plan_next(planner, ctx)
+    except PlannerDone as exc:
+        state.planner_done = str(exc)
+    except LLMBudgetExceeded as exc:
+        logger.warning(str(exc))
+        state.llm_exhausted = True
+    except (LLMError, PlanRejected) as exc:  # an outage overnight ends in a report, resumable
+        logger.error("planning failed: %s", exc)
+        state.planner_error = str(exc)
+    return None
+
+
+def _runner(goal: Goal, plan: ExperimentPlan, state: LoopState, base_model: str, fidelity, dispatch: bool):
+    timeout = max(60.0, min(get_settings().train_timeout_s, state.wall_left_s()))
+    transcript = take_transcript(plan)  # how an LLM made the plan: logged to the plan's run
+    init = state.champion.model_path if plan.init_from == "champion" and state.champion is not None else base_model
+    if dispatch:
+        from mlintern.flows.dispatch import dispatch_experiment
+
+        return lambda: dispatch_experiment(goal, plan, init, timeout, fidelity, transcript)
+    return lambda: experiment(goal, plan, init, timeout, fidelity, llm_transcript=transcript)
+
+
+def finish(result: ExperimentResult, state: LoopState, bench: PreparedBenchmark, base_model: str,
+           experiment_id: str) -> None:
+    """Confirm a promising candidate, record the result, promote it if it won, publish progress."""
+    if state.needs_confirmation(result) and bench.confirm_task:
+        confirm(result, state, bench, base_model, experiment_id)
+    if state.record(result):
+        register_champion(state.goal, result)
+        print(f"new champion {result.plan_id} ({result.plan.stage}): dev {result.dev.value:.4f}")
+    print(enforce_retention(state.goal, state.history, state.champion).line())  # weights of losers go
+    publish_progress(state, experiment_id)
+
+
+def confirm(result: ExperimentResult, state: LoopState, bench: PreparedBenchmark, base_model: str,
+            experiment_id: str) -> None:
+    """Re-evaluate a promising candidate on a second dev set drawn with another seed. Selecting
+    on dev alone is optimistic, so it is promoted only if it still beats the champion, beyond the
+    noise margin, on dev and confirmation items pooled (twice the items of a dev-only check).
+    The accelerator time of these checks is charged to the candidate."""
+    goal = state.goal
+    if state.champion is not None:
+        champion = state.champion.confirm
+        if champion is None:
+            champion, seconds = timed_evaluate(state.champion.model_path, bench, "confirm", goal.device)
+            result.eval_seconds += seconds
+            result.accelerator_hours += seconds / 3600
+    else:
+        champion = get_or_log_baseline(experiment_id, goal, "confirm",
+                                       lambda: evaluate(base_model, bench, "confirm", goal.device))
+    result.confirm, seconds = timed_evaluate(result.model_path, bench, "confirm", goal.device)
+    result.eval_seconds += seconds
+    result.accelerator_hours += seconds / 3600
+    candidate_pooled, champion_pooled = pooled(result.dev, result.confirm), pooled(state.best, champion)
+    result.confirmed = beats(candidate_pooled, champion_pooled, goal.stop.noise_z)
+    if not result.confirmed:
+        print(f"plan {result.plan_id} beat the champion on dev ({result.dev.value:.4f}) but not on dev and "
+              f"confirmation pooled ({candidate_pooled.value:.4f} vs {champion_pooled.value:.4f}): not promoted")
+    update_result(result)
+
+
+def publish_progress(state: LoopState, experiment_id: str) -> None:
+    """After every experiment: the progress chart (MLflow and a Prefect artifact), so a person can
+    follow the loop while it runs. Dev scores only."""
+    goal = state.goal
+    png = progress_png(state.history, state.baseline, state.budget_s,
+                       f"{goal.name}: {state.usage()}")
+    log_progress(experiment_id, goal, png)
+    best = state.best
+    create_markdown_artifact(
+        key=f"progress-{_slug(goal.name)}",
+        description=f"ml-intern progress for {goal.name}",
+        markdown=(f"# {goal.name}: progress\n\n{state.usage()}; best dev {best.value:.4f} "
+                  f"({'champion ' + state.champion.plan_id if state.champion else 'base model'}).\n\n"
+                  f"{markdown_image(png)}\n"),
+    )
+
+
+@task(name="check-integrity", cache_policy=NO_CACHE)
+def check_integrity(bench: PreparedBenchmark, fingerprint: str) -> None:
+    """The evaluation data and task definitions must be byte-identical to the start of the loop."""
+    now = bench.fingerprint()
+    if now != fingerprint:
+        raise IntegrityError(
+            f"evaluation data or task definitions under {bench.include_path} changed during the loop "
+            f"(sha256 {fingerprint[:12]} -> {now[:12]}): the final test is refused; restore them and rerun"
+        )
+
+
+def final_report(goal: Goal, state: LoopState, bench: PreparedBenchmark, base_model: str,
+                 planner, reason: str) -> LoopReport:
+    """The held-out test set is touched here, once, for base and champion only."""
+    experiment_id = ensure_experiment(goal)
+    base_test = get_or_log_baseline(experiment_id, goal, "test",
+                                    lambda: evaluate(base_model, bench, "test", goal.device))
+    champion_test: EvalScore | None = None
+    if state.champion is not None:
+        champion_test = evaluate(state.champion.model_path, bench, "test", goal.device)
+    report = LoopReport(
+        goal=goal, goal_id=goal.goal_id(), planner=planner_summary(planner), stop_reason=reason,
+        baseline_dev=state.baseline, baseline_test=base_test,
+        champion_plan_id=state.champion.plan_id if state.champion else None,
+        champion_dev=state.champion.dev if state.champion else None, champion_test=champion_test,
+        experiments=state.history, llm_dollars=total_llm_dollars(planner, state.history),
+        wall_seconds=time.time() - state.started, budget_seconds=state.budget_s, used_seconds=state.used_s,
+        throughput=state.throughput().describe(),
+    )
+    report.markdown = render_report(report)
+    png = progress_png(state.history, state.baseline, state.budget_s, f"{goal.name}: {state.usage()}")
+    create_markdown_artifact(markdown=report.markdown + "\n## Progress\n\n" + markdown_image(png) + "\n",
+                             key=f"report-{_slug(goal.name)}", description=f"ml-intern report for {goal.name}")
+    log_report(experiment_id, goal, report, state.champion)
+    print(report.markdown)
+    return report
+
+
+def _slug(name: str) -> str:
+    return name.lower().replace("_", "-").replace(".", "-")
