@@ -1,4 +1,7 @@
-"""Prompt templates live in agent_prompts/ as Jinja2 files; this module only renders them."""
+"""Prompt templates live in agent_prompts/ as Jinja2 files; this module only renders them.
+
+mlintern/agent_prompts is a link to the top-level agent_prompts/, so the templates are package
+data: a wheel carries copies of them, and an editable checkout reads them in place."""
 
 from __future__ import annotations
 
@@ -7,7 +10,7 @@ from typing import Any
 
 from jinja2 import Environment, FileSystemLoader, StrictUndefined
 
-PROMPT_DIR = Path(__file__).resolve().parent.parent / "agent_prompts"
+PROMPT_DIR = Path(__file__).parent / "agent_prompts"
 
 _env = Environment(
     loader=FileSystemLoader(str(PROMPT_DIR)),
