@@ -65,6 +65,7 @@ def run(
         "llm_model": llm_model, "llm_api_base": llm_api_base,
         "use_literature": False if no_literature else None,
     })
+    _preflight(goal)
     from mlintern.flows.research_loop import research_loop
 
     _own_temporary_server()
@@ -75,6 +76,16 @@ def run(
     console.print(f"\n[bold]held-out test ({report.baseline_dev.metric}):[/bold] "
                   f"base {base.value:.4f} -> champion {champ.value:.4f} "
                   f"({'champion ' + report.champion_plan_id if report.champion_plan_id else 'base kept'})")
+
+
+def _preflight(goal: "Goal") -> None:
+    """Fail in seconds, before a Prefect server starts, on what no retry can fix."""
+    from mlintern.preflight import check_goal
+
+    problems = check_goal(goal)
+    if problems:
+        console.print("[red]The goal cannot run; nothing was started:[/red]\n" + "\n".join(f"  {p}" for p in problems))
+        raise typer.Exit(2)
 
 
 def _own_temporary_server() -> None:

@@ -12,13 +12,18 @@ import importlib.util
 import logging
 from pathlib import Path
 
+from mlintern.errors import GoalError
 from mlintern.schemas import BUILTIN_BASE_MODEL
 
 log = logging.getLogger(__name__)
 
 
-class ModelNotFound(ValueError):
-    pass
+class ModelNotFound(GoalError):
+    """The base model does not exist where the goal says (never retried)."""
+
+
+class ModelUnreachable(RuntimeError):
+    """The Hub could not be asked about the model (network): retried."""
 
 
 def _smollm2_gguf() -> Path:
@@ -34,33 +39,53 @@ def _smollm2_gguf() -> Path:
     return files[0]
 
 
-def resolve_model(name: str, work_dir: Path, models_dir: Path | None = None) -> str:
-    """Return a hub id or a local folder path for `name`."""
+def check_model_name(name: str) -> None:
+    """The checks that need no network and no conversion: a builtin that is installed, a local
+    folder that exists and holds a config, or something shaped like a hub id (org/name)."""
     if name == BUILTIN_BASE_MODEL:
-        return str(_convert_builtin((models_dir or work_dir / "models").resolve() / "smollm2-135m-instruct"))
+        _smollm2_gguf()
+        return
     if name.startswith("builtin:"):
         raise ModelNotFound(f"unknown builtin model {name!r}; the only one is {BUILTIN_BASE_MODEL!r}")
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").exists():
             raise ModelNotFound(f"model folder {path} has no config.json (is it a saved model?)")
-        return str(path.resolve())
+        return
+    if name.startswith(("/", "./", "../", "~")):
+        raise ModelNotFound(f"base model folder {path} does not exist")
     if name.count("/") != 1:
         raise ModelNotFound(
             f"base model {name!r} is neither a local folder nor a hub id of the form org/name"
         )
+
+
+def resolve_model(name: str, work_dir: Path, models_dir: Path | None = None) -> str:
+    """Return a hub id or a local folder path for `name`."""
+    check_model_name(name)
+    if name == BUILTIN_BASE_MODEL:
+        return str(_convert_builtin((models_dir or work_dir / "models").resolve() / "smollm2-135m-instruct"))
+    path = Path(name).expanduser()
+    if path.exists():
+        return str(path.resolve())
     _check_hub_model(name)
     return name
 
 
 def _check_hub_model(name: str) -> None:
     """Fetch only the config, so a wrong id or an unreachable Hub fails before any GPU work."""
+    from huggingface_hub import constants
     from transformers import AutoConfig
 
     try:
         AutoConfig.from_pretrained(name)
     except Exception as exc:  # OSError, HTTP errors, gated repos
-        raise ModelNotFound(
+        # offline, or the Hub answered (no such repo, gated): the same every time. A dropped
+        # connection while online may pass on the next try.
+        answered = constants.HF_HUB_OFFLINE or any(
+            word in type(exc).__name__ + str(exc) for word in ("RepositoryNotFound", "Gated", "404", "401", "403",
+                                                                "is not a local folder and is not a valid model"))
+        raise (ModelNotFound if answered else ModelUnreachable)(
             f"base model {name!r} could not be loaded from the Hugging Face Hub "
             f"({type(exc).__name__}: {str(exc).splitlines()[0][:200]}). Check the id, set HF_TOKEN "
             "for gated models, and HF_HUB_OFFLINE=0 when online; or pass a local folder."

@@ -11,24 +11,33 @@ from pathlib import Path
 import yaml
 
 from mlintern.benchmarks.base import PreparedBenchmark, write_eval_jsonl
+from mlintern.errors import GoalError
 from mlintern.schemas import BenchmarkSpec
 
 PROMPT_SUFFIX = "\nGive only the final answer."
 _UTILS = Path(__file__).with_name("rgym_lmeval_utils.py")
 
 
-class UnknownTask(ValueError):
-    pass
+class UnknownTask(GoalError):
+    """The goal names a reasoning-gym task that does not exist (never retried)."""
+
+
+def check_task(task: str) -> None:
+    import reasoning_gym
+
+    if task not in reasoning_gym.factory.DATASETS:
+        raise UnknownTask(
+            f"reasoning-gym has no task {task!r}; e.g. basic_arithmetic, gsm_symbolic, chain_sum "
+            f"({len(reasoning_gym.factory.DATASETS)} tasks: python -c 'import reasoning_gym; "
+            "print(sorted(reasoning_gym.factory.DATASETS))')"
+        )
 
 
 def make_items(task: str, config: dict, size: int, seed: int) -> list[dict]:
     """Generate `size` items of a reasoning-gym task as flat JSON-able rows."""
     import reasoning_gym
 
-    if task not in reasoning_gym.factory.DATASETS:
-        raise UnknownTask(
-            f"reasoning-gym has no task {task!r}; e.g. basic_arithmetic, gsm_symbolic, chain_sum"
-        )
+    check_task(task)
     ds = reasoning_gym.create_dataset(task, size=size, seed=seed, **config)
     return [
         {
