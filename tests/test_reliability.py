@@ -147,8 +147,10 @@ def test_crash_resume_at_several_points_loses_and_duplicates_nothing(tmp_path, s
     goal_file = tmp_path / "goal.json"
     goal_file.write_text(goal.model_dump_json())
     uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # unbuffered: the crash points are found in the log while the controller runs (a block-buffered
+    # stdout held "stopping:" back until the controller had already finished, in CI)
     env = dict(os.environ, INTERN_TRACKING_URI=uri, INTERN_WORK_DIR=str(tmp_path / "work"),
-               PYTHONPATH=str(ROOT))
+               PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     log = tmp_path / "controller.log"
 
     def state(run):
