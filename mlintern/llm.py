@@ -14,34 +14,50 @@
 - A spend guard per goal: this client's spend plus `external_dollars` (spent by experiments'
   own LLM calls) against `budget_dollars`.
 - Every HTTP exchange is recorded as an `LLMCall` for the audit trail (`take_calls`).
+
+By concern: `mlintern.llm_http` reads the server's failures and redacts the key,
+`mlintern.llm_parse` reads answers into models, `mlintern.llm_records` holds the audit records;
+this module holds the client and the structured-output modes, and re-exports their public names.
 """
 
 from __future__ import annotations
 
-import json
 import logging
 import os
-import re
 import sys
 import threading
 import time
 from dataclasses import dataclass, field
 from typing import Any, Literal, TypeVar
 
-from pydantic import BaseModel, Field, ValidationError
+from pydantic import BaseModel, ValidationError
 
+from mlintern.llm_http import (
+    _api_key,
+    _cost,
+    _describe,
+    _refuses_mode,
+    _retry_after,
+    _retryable,
+    _safe_url,
+    redact,
+    safe_url,
+)
+from mlintern.llm_parse import _errors, parse_json_model, salvage_json_model
+from mlintern.llm_records import LLMCall, LLMTranscript
 from mlintern.prompts import render
 from mlintern.settings import get_settings
-from mlintern.structured import from_strict, strict_schema
+from mlintern.structured import strict_schema
+
+__all__ = ["MODES", "LLMBudgetExceeded", "LLMCall", "LLMClient", "LLMError", "LLMOutputInvalid", "LLMTranscript",
+           "Mode", "forget_modes", "parse_json_model", "redact", "run_log", "safe_url", "salvage_json_model",
+           "working_mode"]
 
 log = logging.getLogger(__name__)
 T = TypeVar("T", bound=BaseModel)
 
 Mode = Literal["json_schema", "json_object", "prompted"]
 MODES: tuple[Mode, ...] = ("json_schema", "json_object", "prompted")
-_RETRYABLE_STATUS = {408, 409, 425, 429, 500, 502, 503, 504, 529}
-_MODE_REFUSED_STATUS = {400, 415, 422}
-_MODE_WORDS = re.compile(r"response_format|json_schema|json_object|schema|grammar|structured", re.I)
 
 _mode_lock = threading.Lock()
 _working_modes: dict[tuple[str, str], Mode] = {}
@@ -88,49 +104,6 @@ class _ModeRefused(Exception):
     def __init__(self, status: int | None, detail: str):
         super().__init__(f"HTTP {status}: {detail}" if status else detail)
         self.status = status
-
-
-class LLMCall(BaseModel):
-    """One request to the LLM server and what came back (audit trail)."""
-
-    purpose: str
-    mode: str
-    messages: list[dict[str, Any]]
-    answer: str | None = None
-    finish_reason: str | None = None
-    error: str | None = None
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    dollars: float = 0.0
-    seconds: float = 0.0
-    notes: list[str] = Field(default_factory=list, description="Fields of this answer reset to defaults.")
-
-
-class LLMTranscript(BaseModel):
-    """How one plan was made: every LLM exchange, the mode, tokens, dollars and prompt hashes.
-    Logged to the plan's MLflow run as llm_transcript.json; holds no API key."""
-
-    planner: str
-    model: str
-    api_base: str | None = None
-    source: Literal["llm", "llm-repaired", "llm-salvaged", "llm-revised", "llm-clamped", "rule-fix",
-                    "search-fallback"] = "llm"
-    mode: str | None = None
-    calls: list[LLMCall] = Field(default_factory=list)
-    notes: list[str] = Field(default_factory=list)
-    error: str | None = Field(None, description="Why the LLM did not make this plan (search-fallback).")
-    prompt_sha256: dict[str, str] = Field(default_factory=dict, description="Template name -> sha256 of its source.")
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    dollars: float = 0.0
-    goal_dollars_spent: float = Field(0.0, description="LLM dollars the goal had spent when this plan was made.")
-    budget_left_dollars: float | None = Field(None, description="LLM dollars left to the goal (caps the experiment's own LLM calls).")
-
-    def add(self, calls: list[LLMCall]) -> None:
-        self.calls.extend(calls)
-        self.prompt_tokens = sum(c.prompt_tokens for c in self.calls)
-        self.completion_tokens = sum(c.completion_tokens for c in self.calls)
-        self.dollars = sum(c.dollars for c in self.calls)
 
 
 @dataclass
@@ -295,169 +268,3 @@ class LLMClient:
             if not call.answer:
                 raise LLMError(f"LLM {self.model} returned an empty answer (finish_reason {call.finish_reason})")
             return call.answer
-
-
-def parse_json_model(raw: str, schema: type[T]) -> T:
-    """Parse a model's answer, tolerating a ```json fence or prose around the object and raw
-    control characters inside strings (grammar decoders emit them); nulls of fields with
-    defaults become the defaults (the strict schema makes every key required)."""
-    return schema.model_validate(from_strict(schema, _json_object(raw)))
-
-
-def salvage_json_model(raw: str, schema: type[T]) -> tuple[T, list[str]]:
-    """Validate `raw`, resetting each invalid field that has a default to that default (and
-    dropping unknown keys); returns the object and one note per change. Raises ValueError if
-    more than a third of the values given would be reset (the answer would be ours, not the
-    model's), ValidationError if an invalid field has no default or the whole object is invalid."""
-    data = from_strict(schema, _json_object(raw))
-    given = _leaves(data)
-    notes: list[str] = []
-    for _ in range(5):
-        if len(notes) * 3 > given:
-            raise ValueError(f"{len(notes)} of {given} values invalid: too many to reset to defaults")
-        try:
-            return schema.model_validate(data), notes
-        except ValidationError as exc:
-            changed = False
-            for err in exc.errors():
-                where = ".".join(map(str, err["loc"]))
-                if _drop_field(schema, data, tuple(err["loc"])):
-                    value = repr(err.get("input"))[:80]
-                    notes.append(f"reset {where} ({value}: {err['msg']}) to its default")
-                    changed = True
-            if not changed:
-                raise
-    raise ValueError("answer still invalid after resetting fields to defaults")
-
-
-def _leaves(data: Any) -> int:
-    if isinstance(data, dict):
-        return sum(_leaves(v) for v in data.values())
-    return 1
-
-
-def _drop_field(model_cls: type[BaseModel], data: Any, loc: tuple) -> bool:
-    """Delete the field at `loc` (or the innermost model field holding it) if it has a default."""
-    from mlintern.structured import _model_of
-
-    for i, key in enumerate(loc):
-        if not isinstance(data, dict) or not isinstance(key, str):
-            return False
-        field = model_cls.model_fields.get(key)
-        if field is None:  # an unknown key (extra="forbid")
-            if key not in data:
-                return False
-            del data[key]
-            return True
-        inner = _model_of(field.annotation)
-        if inner is not None and i + 1 < len(loc) and isinstance(data.get(key), dict):
-            model_cls, data = inner, data[key]
-            continue
-        if field.is_required() or key not in data:
-            return False
-        del data[key]
-        return True
-    return False
-
-
-def _json_object(raw: str) -> Any:
-    text = raw.strip()
-    start, end = text.find("{"), text.rfind("}")
-    if start < 0 or end < start:
-        raise ValueError("answer holds no JSON object")
-    return json.loads(text[start : end + 1], strict=False)
-
-
-def _errors(exc: Exception) -> str:
-    if isinstance(exc, ValidationError):
-        return "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()[:10])
-    return str(exc)
-
-
-def _describe(exc: Exception) -> tuple[int | None, str]:
-    """The server's status and own words (its error body), redacted and cut to 600 characters."""
-    status = getattr(exc, "status_code", None)
-    body = ""
-    response = getattr(exc, "response", None)
-    try:
-        body = response.text if response is not None else ""
-    except Exception:  # a streamed or closed response
-        body = ""
-    if body:
-        try:
-            parsed = json.loads(body)
-            err = parsed.get("error", parsed) if isinstance(parsed, dict) else parsed
-            body = err.get("message", body) if isinstance(err, dict) else body
-        except ValueError:
-            pass
-    detail = body or getattr(exc, "message", None) or str(exc)
-    detail = re.sub(r"^(litellm\.\w+: )?(\w+Error: )?(\w+Exception - )?", "", str(detail).strip())
-    if not status and not detail:
-        detail = type(exc).__name__
-    return (int(status) if isinstance(status, int) else None), _redact(detail)[:600]
-
-
-def _refuses_mode(exc: Exception, status: int | None, detail: str) -> bool:
-    """Did the server refuse the response_format (rather than fail)?"""
-    import litellm
-
-    if isinstance(exc, litellm.ContextWindowExceededError):
-        return False
-    if isinstance(exc, litellm.UnsupportedParamsError):
-        return True
-    if isinstance(exc, (litellm.Timeout, litellm.APIConnectionError)):
-        return False
-    if status in _MODE_REFUSED_STATUS:
-        return True
-    return status is not None and status >= 500 and bool(_MODE_WORDS.search(detail))
-
-
-def _retryable(exc: Exception, status: int | None) -> bool:
-    import litellm
-
-    if isinstance(exc, (litellm.Timeout, litellm.APIConnectionError)):
-        return True
-    return status in _RETRYABLE_STATUS
-
-
-def _retry_after(exc: Exception) -> float | None:
-    headers = getattr(exc, "litellm_response_headers", None) or getattr(getattr(exc, "response", None), "headers", None)
-    try:
-        value = headers.get("retry-after") if headers is not None else None
-        return float(value) if value is not None else None
-    except (TypeError, ValueError):
-        return None
-
-
-def _cost(response) -> float:
-    try:
-        import litellm
-
-        return float(litellm.completion_cost(completion_response=response) or 0.0)
-    except Exception:  # unknown model: no price registered
-        return 0.0
-
-
-def _api_key() -> str | None:
-    key = get_settings().llm_api_key
-    return key.get_secret_value() if key else None
-
-
-def _redact(text: str) -> str:
-    key = _api_key()
-    if key:
-        text = text.replace(key, "**********")
-    return text
-
-
-def redact(text: str) -> str:
-    """`text` with the configured API key masked (for anything written to logs or MLflow)."""
-    return _redact(text)
-
-
-def _safe_url(url: str | None) -> str | None:
-    """A URL without user:password@ credentials."""
-    return re.sub(r"//[^/@]+@", "//", url) if url else url
-
-
-safe_url = _safe_url

@@ -18,7 +18,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 pytest.importorskip("lm_eval")
 
-from mlintern.benchmarks import lmeval_tasks  # noqa: E402
+from mlintern.benchmarks import lmeval_local, lmeval_tasks  # noqa: E402
 from mlintern.benchmarks.base import prepare_benchmark  # noqa: E402
 from mlintern.schemas import BenchmarkSpec  # noqa: E402
 
@@ -171,8 +171,8 @@ def test_builtin_arc_tasks_build_with_hub_stand_in(tmp_path, monkeypatch):
     from lm_eval.tasks import TaskManager
 
     real = {
-        "validation": lmeval_tasks._arc_rows("ARC-Easy", "validation"),
-        "test": lmeval_tasks._arc_rows("ARC-Easy", "test"),
+        "validation": lmeval_local._arc_rows("ARC-Easy", "validation"),
+        "test": lmeval_local._arc_rows("ARC-Easy", "test"),
     }
     calls = []
 
