@@ -44,10 +44,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 from rg_data import PROMPT_SUFFIX, score_prediction  # noqa: E402
 
 from mlintern.loop import LoopState  # noqa: E402
-from mlintern.planners.base import PlanningContext  # noqa: E402
 from mlintern.planners.search import SearchPlanner  # noqa: E402
 from mlintern.schemas import (  # noqa: E402
-    BenchmarkSpec, Budget, EvalScore, ExperimentPlan, ExperimentResult, Failure, FailureKind, Goal, StopRule,
+    BenchmarkSpec, Budget, EvalScore, ExperimentPlan, ExperimentResult, Failure, FailureKind, Goal, PlanningContext,
+    StopRule,
 )
 from mlintern.training.job import TrainJob, TrainOutcome  # noqa: E402
 

@@ -29,7 +29,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from mlintern.llm import LLMClient, LLMError
 from mlintern.structured import strict_schema
-from mlintern.planners.base import PaperDigest
+from mlintern.schemas import PaperDigest
 from mlintern.prompts import render
 from mlintern.schemas import Goal, Method
 from mlintern.settings import get_settings

@@ -40,3 +40,51 @@ def test_grpo_batch_must_divide_into_groups():
 def test_benchmark_defaults():
     spec = BenchmarkSpec()
     assert spec.kind == "reasoning_gym" and spec.dev_seed != spec.test_seed
+
+
+def _models(root):
+    """root and every pydantic model nested in its fields."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    seen, todo = [], [root]
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.append(cls)
+        for f in cls.model_fields.values():
+            for t in (f.annotation, *get_args(f.annotation)):
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    todo.append(t)
+    return seen
+
+
+@pytest.mark.parametrize("root", [ExperimentPlan, Goal])
+def test_every_field_the_llm_or_a_user_reads_is_documented(root):
+    missing = [f"{cls.__name__}.{name}" for cls in _models(root)
+               for name, f in cls.model_fields.items() if not f.description]
+    assert missing == []
+
+
+@pytest.mark.parametrize("module,package", [("mlintern/planners/base.py", "mlintern.planners"),
+                                            ("mlintern/benchmarks/base.py", "mlintern.benchmarks")])
+def test_base_modules_import_nothing_above_them(module, package):
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(__file__).parents[1] / module).read_text())
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    assert [m for m in imported if m.startswith(package)] == [], f"{module} imports from {package}"
+
+
+def test_schemas_import_only_schemas():
+    """The shared types sit at the bottom: planners, budget, flows import them, never the reverse."""
+    import ast
+    from pathlib import Path
+
+    for path in (Path(__file__).parents[1] / "mlintern" / "schemas").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        assert [m for m in imported if m.startswith("mlintern") and not m.startswith("mlintern.schemas")] == [], path
