@@ -68,6 +68,31 @@ def test_every_field_the_llm_or_a_user_reads_is_documented(root):
     assert missing == []
 
 
+def test_results_stored_under_retired_names_still_load():
+    from mlintern.schemas import ExperimentResult
+    from mlintern.training.job import TrainOutcome
+
+    plan = ExperimentPlan()
+    stored = ExperimentResult(plan_id=plan.plan_id(), plan=plan, status="succeeded", job_seconds=7.0)
+    old = stored.model_dump(mode="json")
+    del old["job_seconds"]
+    assert ExperimentResult.model_validate({**old, "train_wall_seconds": 5.0}).job_seconds == 5.0
+    both = ExperimentResult.model_validate_json(stored.model_copy().model_dump_json()[:-1] + ', "train_wall_seconds": 5.0}')
+    assert both.job_seconds == 7.0, "when both were stored, today's name wins"
+    out = TrainOutcome.model_validate({"status": "succeeded", "model_dir": "/m", "final_loss": 0.5, "wall_seconds": 3})
+    assert (out.model_path, out.train_loss, out.job_seconds) == ("/m", 0.5, 3.0)
+
+
+def test_outcome_and_result_share_one_name_per_measurement():
+    from mlintern.schemas import ExperimentResult
+    from mlintern.training.job import TrainOutcome
+
+    shared = set(TrainOutcome.model_fields) & set(ExperimentResult.model_fields)
+    assert {"model_path", "train_loss", "job_seconds", "train_seconds", "train_loop_seconds", "eval_seconds",
+            "steps", "examples", "tokens", "curve", "pruned_at", "dev", "failure", "status"} <= shared
+    assert set(TrainOutcome.model_fields) - shared == {"stopped_by_time_limit"}
+
+
 @pytest.mark.parametrize("module,package", [("mlintern/planners/base.py", "mlintern.planners"),
                                             ("mlintern/benchmarks/base.py", "mlintern.benchmarks")])
 def test_base_modules_import_nothing_above_them(module, package):

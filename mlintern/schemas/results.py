@@ -1,12 +1,17 @@
 """What comes back: scores, failures, an `ExperimentResult` per run and the loop's `LoopReport`.
+
+One name per concept, shared with the job's `TrainOutcome` (mlintern/training/job.py) so a result is
+filled from an outcome by field name: `train_loss`, `model_path`, `job_seconds`, `train_seconds`,
+`train_loop_seconds`, `eval_seconds`, `steps`, `examples`, `tokens`, `curve`, `pruned_at`.
+Results stored by older versions still load: retired names are accepted (see `_RETIRED`).
 """
 
 from __future__ import annotations
 
 from enum import Enum
-from typing import Literal
+from typing import Any, Literal
 
-from pydantic import Field
+from pydantic import AliasChoices, Field, model_validator
 
 from mlintern.schemas.common import _Model
 from mlintern.schemas.goal import Goal
@@ -51,6 +56,10 @@ class CurvePoint(_Model):
     rung: int | None = Field(None, description="Successive-halving rung index of this check (None: the final check).")
 
 
+# Field names of older versions -> today's; a stored result that has both keeps today's.
+_RETIRED = {"train_wall_seconds": "job_seconds"}
+
+
 class ExperimentResult(_Model):
     """One run's outcome, as recorded in MLflow (the `result.json` artifact) and read back on resume."""
 
@@ -64,7 +73,6 @@ class ExperimentResult(_Model):
     mlflow_run_id: str | None = None
     failure: Failure | None = None
     train_seconds: float = Field(0.0, description="Trainer build, training and save inside the job, in seconds.")
-    train_wall_seconds: float = Field(0.0, description="Training process wall time: what holds the GPU.")
     eval_seconds: float = Field(0.0, description="Dev checks and the final dev score inside the job, in seconds.")
     accelerator_hours: float = Field(0.0, description="What the budget counts: job_seconds / 3600.")
     train_loss: float | None = Field(None, description="Training loss at the last logged step.")
@@ -75,12 +83,23 @@ class ExperimentResult(_Model):
     train_loop_seconds: float = Field(0.0, description="Optimizer-loop seconds, dev checks excluded.")
     warmup_seconds: float | None = Field(None, description="Optimizer-loop seconds of the first steps (one-off costs).")
     job_seconds: float = Field(
-        0.0,
+        0.0, validation_alias=AliasChoices("job_seconds", "train_wall_seconds"),
         description="Wall seconds the job held its accelerator (load, train, eval, save; a fresh process's "
         "imports too).")
     curve: list[CurvePoint] = Field(default_factory=list, description="Dev checks during training (rungs) and at the end.")
     pruned_at: float | None = Field(None, description="Training-clock seconds at which the pruner stopped it.")
     llm_dollars: float = Field(0.0, ge=0, description="LLM spend inside the experiment (hub column maps).")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _retired_names(cls, data: Any) -> Any:
+        """Accept results stored under retired field names (MLflow artifacts of older runs)."""
+        if isinstance(data, dict) and any(old in data for old in _RETIRED):
+            data = dict(data)
+            for old, new in _RETIRED.items():
+                if old in data and new in data:
+                    data.pop(old)  # both stored: today's name wins (AliasChoices takes the rest)
+        return data
 
 
 class LoopReport(_Model):
