@@ -44,10 +44,10 @@ sys.path.insert(0, str(ROOT / "bench"))
 from rg_data import PROMPT_SUFFIX, score_prediction  # noqa: E402
 
 from mlintern.loop import LoopState  # noqa: E402
-from mlintern.planners.base import PlanningContext  # noqa: E402
 from mlintern.planners.search import SearchPlanner  # noqa: E402
 from mlintern.schemas import (  # noqa: E402
-    BenchmarkSpec, Budget, EvalScore, ExperimentPlan, ExperimentResult, Failure, FailureKind, Goal, StopRule,
+    BenchmarkSpec, Budget, EvalScore, ExperimentPlan, ExperimentResult, Failure, FailureKind, Goal, PlanningContext,
+    StopRule,
 )
 from mlintern.training.job import TrainJob, TrainOutcome  # noqa: E402
 
@@ -177,13 +177,13 @@ class Lab:
             tail = (out_dir / "train.log").read_bytes()[-3000:].decode(errors="replace")
             outcome = TrainOutcome(status="failed", failure=Failure(kind=FailureKind.crash, message=tail[-500:]))
         result.train_seconds = outcome.train_seconds
-        result.train_loss = outcome.final_loss
+        result.train_loss = outcome.train_loss
         result.failure = outcome.failure
         if outcome.status == "succeeded":
             t = now()
-            result.dev, ev = self.evaluator(outcome.model_dir, self.dev, "dev")
+            result.dev, ev = self.evaluator(outcome.model_path, self.dev, "dev")
             result.eval_seconds = now() - t
-            result.model_path = outcome.model_dir
+            result.model_path = outcome.model_path
             result.status = "succeeded"
             rec.update(ev)
         else:

@@ -32,8 +32,7 @@ from mlintern.literature_search import (
     search_papers,
 )
 from mlintern.llm import LLMClient
-from mlintern.planners.base import PaperDigest
-from mlintern.schemas import Goal
+from mlintern.schemas import Goal, PaperDigest
 
 __all__ = ["DEFAULT_ARXIV_URL", "DigestAnswer", "LiteratureError", "LiteratureResult", "Paper", "arxiv_api_url",
            "build_query", "digest_papers", "extractive_digest", "gather_literature", "goal_terms", "rank_papers",

@@ -12,7 +12,7 @@ from pydantic import BaseModel, Field, ValidationError
 
 from mlintern.literature_search import Paper, relevance_score
 from mlintern.llm import LLMClient, LLMError
-from mlintern.planners.base import PaperDigest
+from mlintern.schemas import PaperDigest
 from mlintern.prompts import render
 from mlintern.schemas import Goal
 from mlintern.structured import strict_schema

@@ -8,9 +8,8 @@ the hardware measures.
 from __future__ import annotations
 
 from mlintern.budget import Throughput, fmt_seconds, rung_seconds, sizing
-from mlintern.planners.base import PlanningContext
 from mlintern.planners.multifidelity import MultiFidelityPlanner
-from mlintern.schemas import CurvePoint, EvalScore, ExperimentResult, Goal
+from mlintern.schemas import CurvePoint, EvalScore, ExperimentResult, Goal, PlanningContext
 
 
 def _ctx(goal: Goal, prior: Throughput, on_gpu: bool, history: list[ExperimentResult], champion=None) -> PlanningContext:

@@ -96,7 +96,9 @@ def test_strict_schema_stays_inside_every_providers_subset(name):
     schema = schemas_under_test()[name]
     assert subset_violations(schema) == []
     assert openai_strict_errors(schema) == [], "the OpenAI stand-in accepts it"
-    assert len(json.dumps(schema)) < 6000, "short enough for a small model's prompt"
+    # Every plan field is documented (what it does, typical range, which methods read it): that costs
+    # ~1,900 characters (~500 tokens) over the undocumented schema (3.6k tiny goal, 5.2k full plan).
+    assert len(json.dumps(schema)) < 8000, "short enough for a small model's prompt"
 
 
 def test_strict_schema_answers_validate_into_real_models_with_defaults_applied():

@@ -19,7 +19,7 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 pytest.importorskip("lm_eval")
 
 from mlintern.benchmarks import lmeval_local, lmeval_tasks  # noqa: E402
-from mlintern.benchmarks.base import prepare_benchmark  # noqa: E402
+from mlintern.benchmarks import prepare_benchmark  # noqa: E402
 from mlintern.schemas import BenchmarkSpec  # noqa: E402
 
 needs_olmo = pytest.mark.skipif(

@@ -40,3 +40,76 @@ def test_grpo_batch_must_divide_into_groups():
 def test_benchmark_defaults():
     spec = BenchmarkSpec()
     assert spec.kind == "reasoning_gym" and spec.dev_seed != spec.test_seed
+
+
+def _models(root):
+    """root and every pydantic model nested in its fields."""
+    from typing import get_args
+
+    from pydantic import BaseModel
+
+    seen, todo = [], [root]
+    while todo:
+        cls = todo.pop()
+        if cls in seen:
+            continue
+        seen.append(cls)
+        for f in cls.model_fields.values():
+            for t in (f.annotation, *get_args(f.annotation)):
+                if isinstance(t, type) and issubclass(t, BaseModel):
+                    todo.append(t)
+    return seen
+
+
+@pytest.mark.parametrize("root", [ExperimentPlan, Goal])
+def test_every_field_the_llm_or_a_user_reads_is_documented(root):
+    missing = [f"{cls.__name__}.{name}" for cls in _models(root)
+               for name, f in cls.model_fields.items() if not f.description]
+    assert missing == []
+
+
+def test_results_stored_under_retired_names_still_load():
+    from mlintern.schemas import ExperimentResult
+    from mlintern.training.job import TrainOutcome
+
+    plan = ExperimentPlan()
+    stored = ExperimentResult(plan_id=plan.plan_id(), plan=plan, status="succeeded", job_seconds=7.0)
+    old = stored.model_dump(mode="json")
+    del old["job_seconds"]
+    assert ExperimentResult.model_validate({**old, "train_wall_seconds": 5.0}).job_seconds == 5.0
+    both = ExperimentResult.model_validate_json(stored.model_copy().model_dump_json()[:-1] + ', "train_wall_seconds": 5.0}')
+    assert both.job_seconds == 7.0, "when both were stored, today's name wins"
+    out = TrainOutcome.model_validate({"status": "succeeded", "model_dir": "/m", "final_loss": 0.5, "wall_seconds": 3})
+    assert (out.model_path, out.train_loss, out.job_seconds) == ("/m", 0.5, 3.0)
+
+
+def test_outcome_and_result_share_one_name_per_measurement():
+    from mlintern.schemas import ExperimentResult
+    from mlintern.training.job import TrainOutcome
+
+    shared = set(TrainOutcome.model_fields) & set(ExperimentResult.model_fields)
+    assert {"model_path", "train_loss", "job_seconds", "train_seconds", "train_loop_seconds", "eval_seconds",
+            "steps", "examples", "tokens", "curve", "pruned_at", "dev", "failure", "status"} <= shared
+    assert set(TrainOutcome.model_fields) - shared == {"stopped_by_time_limit"}
+
+
+@pytest.mark.parametrize("module,package", [("mlintern/planners/base.py", "mlintern.planners"),
+                                            ("mlintern/benchmarks/base.py", "mlintern.benchmarks")])
+def test_base_modules_import_nothing_above_them(module, package):
+    import ast
+    from pathlib import Path
+
+    tree = ast.parse((Path(__file__).parents[1] / module).read_text())
+    imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+    assert [m for m in imported if m.startswith(package)] == [], f"{module} imports from {package}"
+
+
+def test_schemas_import_only_schemas():
+    """The shared types sit at the bottom: planners, budget, flows import them, never the reverse."""
+    import ast
+    from pathlib import Path
+
+    for path in (Path(__file__).parents[1] / "mlintern" / "schemas").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
+        assert [m for m in imported if m.startswith("mlintern") and not m.startswith("mlintern.schemas")] == [], path

@@ -92,7 +92,7 @@ def train(intern_env, monkeypatch, smol_model, method, steps, **hp):
 
 def assert_saved_full_model(outcome, intern_env):
     saved = intern_env / "out" / "model"
-    assert outcome.model_dir == str(saved)
+    assert outcome.model_path == str(saved)
     assert (saved / "config.json").exists() and (saved / "model.safetensors").exists()
     assert (saved / "tokenizer.json").exists()
     assert not (saved / "adapter_config.json").exists(), "LoRA is merged into a full model"
@@ -107,7 +107,7 @@ def assert_saved_full_model(outcome, intern_env):
 def test_dpo_trains_and_logs(intern_env, monkeypatch, smol_model, lora, steps):
     outcome, client, run_id = train(intern_env, monkeypatch, smol_model, "dpo", steps, lora=lora)
     assert outcome.status == "succeeded" and outcome.steps == steps
-    assert math.isfinite(outcome.final_loss)
+    assert math.isfinite(outcome.train_loss)
     losses = client.get_metric_history(run_id, "loss")
     assert [m.step for m in losses] == list(range(1, steps + 1)), "one loss point per optimizer step"
     assert abs(losses[0].value - math.log(2)) < 1e-3, "DPO starts at ln 2 (policy == reference)"

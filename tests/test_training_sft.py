@@ -42,7 +42,7 @@ def run_job(tmp_path, monkeypatch, smol_model, faults=None, **hp):
 def test_sft_trains_and_logs_step_metrics(intern_env, monkeypatch, smol_model, lora):
     code, outcome, run, client = run_job(intern_env, monkeypatch, smol_model, lora=lora, lora_r=4, lora_alpha=8)
     assert code == 0 and outcome["status"] == "succeeded", outcome
-    assert outcome["steps"] == 2 and math.isfinite(outcome["final_loss"])
+    assert outcome["steps"] == 2 and math.isfinite(outcome["train_loss"])
     losses = client.get_metric_history(run.info.run_id, "loss")
     assert len(losses) == 2, "one loss point per optimizer step"
     saved = intern_env / "out" / "model"

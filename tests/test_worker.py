@@ -72,7 +72,7 @@ def test_worker_runs_jobs_in_one_process_and_keeps_the_model(job_for, intern_env
     out = r2.outcome
     assert out.dev is not None and out.dev.n == 6, "dev scored in the job, from the weights in memory"
     assert out.steps == 2 and out.examples == 4 and out.tokens > 0 and out.train_loop_seconds > 0
-    assert (Path(out.model_dir) / "model.safetensors").exists()
+    assert (Path(out.model_path) / "model.safetensors").exists()
     fixed = r2.job_seconds - out.train_loop_seconds - out.eval_seconds
     assert 0 <= fixed < r2.job_seconds
     assert "loss" in MlflowClient().get_run(run1).data.metrics, "trl's step metrics reach the job's run"
@@ -87,7 +87,7 @@ def test_a_trial_below_its_peers_is_pruned_at_its_first_rung(job_for, intern_env
     out = reply.outcome
     assert out.status == "pruned" and out.steps == 1, out
     assert [p.rung for p in out.curve] == [0] and out.pruned_at is not None
-    assert out.model_dir is None and not (intern_env / "pruned" / "model").exists(), "a pruned trial saves nothing"
+    assert out.model_path is None and not (intern_env / "pruned" / "model").exists(), "a pruned trial saves nothing"
     history = MlflowClient().get_metric_history(run_id, "dev_score")
     assert [m.step for m in history] == [1], "the rung check is on the run's dev curve"
 

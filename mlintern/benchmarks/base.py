@@ -1,3 +1,7 @@
+"""The prepared-benchmark type and helpers shared by the benchmark kinds (rgym, lmeval_tasks).
+Nothing here imports a benchmark kind: `prepare_benchmark` lives in mlintern/benchmarks/prepare.py,
+above them."""
+
 from __future__ import annotations
 
 import hashlib
@@ -61,13 +65,3 @@ def write_eval_jsonl(path: Path, rows: list[dict]) -> None:
     tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
     tmp.chmod(0o600)
     tmp.replace(path)
-
-
-def prepare_benchmark(spec: BenchmarkSpec, work_dir: Path) -> PreparedBenchmark:
-    if spec.kind == "reasoning_gym":
-        from mlintern.benchmarks.rgym import prepare
-
-        return prepare(spec, work_dir)
-    from mlintern.benchmarks.lmeval_tasks import prepare
-
-    return prepare(spec, work_dir)

@@ -26,7 +26,7 @@ from mlintern.tracking import (
     start_experiment_run,
 )
 from mlintern.training.failures import classify
-from mlintern.training.job import TrainJob
+from mlintern.training.job import TrainJob, TrainOutcome
 from mlintern.tasks.data import build_data
 from mlintern.tasks.evaluate import eval_spec
 from mlintern.tasks.setup import prepare
@@ -84,11 +84,7 @@ def experiment(
                        evaluation=eval_spec(bench, "dev", goal.device))
         with gpu_slot():
             outcome = train(job, run_id, tracking_uri, timeout_s or settings.train_timeout_s)
-        copy_measurements(outcome, result)
-        if outcome.status != "failed":
-            result.status = outcome.status
-            result.dev = outcome.dev
-            result.model_path = outcome.model_dir
+        result = record_outcome(result, outcome)
     except Exception as exc:  # bad data, a dead evaluation: recorded, never fatal to the loop
         logger.error("experiment %s failed: %s", plan_id, exc)
         result.failure = classify(exc, traceback.format_exc())
@@ -100,18 +96,16 @@ def experiment(
     return result
 
 
-def copy_measurements(outcome, result: ExperimentResult) -> None:
-    """What the job measured. The budget counts what held the accelerator: the whole job (model load,
-    dev checks and save included; a fresh process's imports too, bench/RESULTS.md section 3)."""
-    result.failure = outcome.failure
-    result.train_loss = outcome.final_loss
-    result.train_seconds = outcome.train_seconds
-    result.train_wall_seconds = outcome.wall_seconds
-    result.train_loop_seconds = outcome.train_loop_seconds
-    result.warmup_seconds = outcome.warmup_seconds
-    result.eval_seconds = outcome.eval_seconds
-    result.job_seconds = max(outcome.wall_seconds, outcome.train_seconds)
-    result.steps, result.examples, result.tokens = outcome.steps, outcome.examples, outcome.tokens
-    result.curve = outcome.curve
-    result.pruned_at = outcome.pruned_at
-    result.accelerator_hours = result.job_seconds / 3600
+# What a job measured, under the same names in TrainOutcome and ExperimentResult (status, dev,
+# model_path, train_loss, timings, counts, curve, failure): copied by name, never by hand.
+MEASURED = frozenset(TrainOutcome.model_fields) & frozenset(ExperimentResult.model_fields)
+
+
+def record_outcome(result: ExperimentResult, outcome: TrainOutcome) -> ExperimentResult:
+    """`result` with what the job measured. The budget counts what held the accelerator: the whole job
+    (model load, dev checks and save included; a fresh process's imports too, bench/RESULTS.md section 3)."""
+    job_seconds = max(outcome.job_seconds, outcome.train_seconds)
+    return ExperimentResult.model_validate({
+        **result.model_dump(), **outcome.model_dump(include=MEASURED),
+        "job_seconds": job_seconds, "accelerator_hours": job_seconds / 3600,
+    })

@@ -19,15 +19,15 @@ from mlintern.benchmarks import PreparedBenchmark
 from mlintern.budget import fmt_seconds
 from mlintern.llm import LLMBudgetExceeded, LLMError
 from mlintern.loop import LoopState
-from mlintern.planners import PlanningContext, PlanRejected, make_planner
-from mlintern.planners.base import PaperDigest, PlannerDone
+from mlintern.planners import PlanRejected, make_planner
+from mlintern.planners.base import PlannerDone
 from mlintern.planners.multifidelity import fidelity_for
 from mlintern.progress import markdown_image, progress_png
 from mlintern.planners.fallback import planner_summary, take_transcript, total_llm_dollars
 from mlintern.report import render_report
 from mlintern.retention import enforce as enforce_retention
 from mlintern.selection import beats, pooled
-from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Goal, LoopReport
+from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Goal, LoopReport, PaperDigest, PlanningContext
 from mlintern.settings import get_settings
 from mlintern.tracking import (
     ensure_experiment,

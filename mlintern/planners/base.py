@@ -1,59 +1,19 @@
+"""The planner protocol and the checks every plan passes (`validate_plan`, `validate_proposal`,
+`clamp_plan`). Nothing here imports a concrete planner: `make_planner` lives in
+mlintern/planners/factory.py, above them. `PlanningContext` and `PaperDigest` are shared types
+from mlintern.schemas, re-exported here for callers that import them from this module."""
+
 from __future__ import annotations
 
 from typing import NamedTuple, Protocol
 
-from pydantic import BaseModel, ConfigDict, Field
+from mlintern.budget import fresh_rows
+from mlintern.schemas import ExperimentPlan, PaperDigest, PlanningContext
 
-from mlintern.budget import Sizing, fresh_rows, prior_throughput, sizing
-from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Failure, Goal, Method
-
-
-class PaperDigest(BaseModel):
-    """An LLM's short digest of one arXiv paper, handed to the planner."""
-
-    paper_id: str
-    title: str
-    technique: str = ""
-    reported_gains: str = ""
-    hyperparameters: str = ""
-    relevance: float = 0.0
-
-
-class PlanningContext(BaseModel):
-    """Everything a planner may see. Held-out test scores are deliberately absent."""
-
-    model_config = ConfigDict(arbitrary_types_allowed=True)
-
-    goal: Goal
-    metric: str
-    baseline: EvalScore
-    history: list[ExperimentResult] = Field(default_factory=list)
-    champion: ExperimentResult | None = None
-    experiments_left: int
-    hours_left: float
-    literature: list[PaperDigest] = Field(default_factory=list)
-    failure: Failure | None = None
-    failure_plan: ExperimentPlan | None = None
-    pending: list[ExperimentPlan] = Field(default_factory=list, description="Planned, not yet finished.")
-    eval_files: list[str] = Field(default_factory=list, description="Dev/test files no plan may train on.")
-    sizing: Sizing | None = Field(None, description="Budget-derived bounds and the measured throughput.")
-    on_gpu: bool = False
-    rungs: list[float] = Field(default_factory=list, description="Training-clock seconds of exploration dev checks.")
-    lanes: int = Field(1, ge=1, description="Experiments the loop runs at once (GPUs it dispatches to).")
-
-    def seen_plan_ids(self) -> set[str]:
-        return {r.plan_id for r in self.history} | {p.plan_id() for p in self.pending}
-
-    def size(self) -> Sizing:
-        """The loop's sizing, or (planners called on their own, e.g. in tests) one from the CPU prior."""
-        if self.sizing is not None:
-            return self.sizing
-        prior = prior_throughput(135e6, self.on_gpu, 40.0)
-        used = (self.goal.budget.gpu_hours - self.hours_left) * 3600
-        return sizing(self.goal, used, prior, self.on_gpu)
-
-    def batch_sizes(self) -> list[int]:
-        return self.size().batch_sizes
+__all__ = [
+    "PaperDigest", "PlanningContext", "PlannerDone", "PlanRejected", "Planner", "validate_plan",
+    "PlanBounds", "plan_bounds", "validate_proposal", "clamp_plan",
+]
 
 
 class PlannerDone(Exception):
@@ -216,29 +176,3 @@ def _touches(source: str, eval_files: list[str]) -> bool:
         if path == ef or path in ef.parents or ef.parent == path.parent:
             return True
     return False
-
-
-def make_planner(goal: Goal) -> Planner:
-    """auto/llm: multi-fidelity search (LLM configurations when an LLM is configured, else Optuna TPE);
-    search/random: plain Optuna search over budget-sized plans; single: one default run sized to the budget.
-    An LLM proposer comes wrapped in `FallbackPlanner`: rounds the LLM fails are planned by the same
-    policy with Optuna TPE, so a failing LLM never ends the loop while budget remains."""
-    from mlintern.planners.fallback import FallbackPlanner
-    from mlintern.planners.llm import LLMPlanner
-    from mlintern.planners.multifidelity import MultiFidelityPlanner
-    from mlintern.planners.search import SearchPlanner, SingleRunPlanner
-    from mlintern.settings import get_settings
-
-    settings = get_settings()
-    llm_model = goal.llm_model or settings.llm_model
-    if goal.planner == "single":
-        return SingleRunPlanner()
-    if goal.planner in ("search", "random"):
-        return SearchPlanner(sampler="tpe" if goal.planner == "search" else "random")
-    if goal.planner == "llm" or (goal.planner == "auto" and llm_model):
-        if not llm_model:
-            raise ValueError("planner='llm' needs llm_model (or INTERN_LLM_MODEL), e.g. openai/gpt-4o-mini")
-        llm = LLMPlanner(model=llm_model, api_base=goal.llm_api_base or settings.llm_api_base,
-                         budget_dollars=goal.budget.llm_dollars)
-        return FallbackPlanner(primary=MultiFidelityPlanner(proposer=llm), fallback=MultiFidelityPlanner(), llm=llm)
-    return MultiFidelityPlanner()

@@ -5,7 +5,7 @@ from __future__ import annotations
 from pydantic import BaseModel
 
 from mlintern.budget import fmt_seconds
-from mlintern.planners.base import PlanningContext
+from mlintern.schemas import PlanningContext
 
 
 class BatchCost(BaseModel):

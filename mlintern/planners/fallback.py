@@ -18,10 +18,10 @@ import threading
 from dataclasses import dataclass, field
 
 from mlintern.llm import LLMBudgetExceeded, LLMClient, LLMError, LLMTranscript, run_log
-from mlintern.planners.base import Planner, PlanningContext, PlanRejected
+from mlintern.planners.base import Planner, PlanRejected
 from mlintern.planners.llm import LLMPlanner
 from mlintern.planners.search import SearchPlanner
-from mlintern.schemas import ExperimentPlan, ExperimentResult
+from mlintern.schemas import ExperimentPlan, ExperimentResult, PlanningContext
 
 _transcripts: dict[str, LLMTranscript] = {}
 _lock = threading.Lock()

@@ -22,7 +22,6 @@ from dataclasses import dataclass, field
 
 from mlintern.llm import LLMClient, LLMError, LLMTranscript, run_log, safe_url, working_mode
 from mlintern.planners.base import (
-    PlanningContext,
     PlanRejected,
     clamp_plan,
     plan_bounds,
@@ -31,7 +30,7 @@ from mlintern.planners.base import (
 )
 from mlintern.planners.rules import fix_plan
 from mlintern.prompts import PROMPT_DIR, render
-from mlintern.schemas import ExperimentPlan, Goal, Method
+from mlintern.schemas import ExperimentPlan, Goal, Method, PlanningContext
 from mlintern.structured import narrow_enum, strict_schema
 
 log = logging.getLogger(__name__)

@@ -24,9 +24,9 @@ from optuna.distributions import (
 from optuna.trial import TrialState
 
 from mlintern.budget import fresh_rows
-from mlintern.planners.base import PlannerDone, PlanningContext, PlanRejected, validate_plan
+from mlintern.planners.base import PlannerDone, PlanRejected, validate_plan
 from mlintern.planners.rules import fix_plan
-from mlintern.schemas import DatasetRecipe, ExperimentPlan, ExperimentResult, Hyperparameters, Method, SearchSpace
+from mlintern.schemas import DatasetRecipe, ExperimentPlan, ExperimentResult, Hyperparameters, Method, PlanningContext, SearchSpace
 
 log = logging.getLogger(__name__)
 optuna.logging.set_verbosity(optuna.logging.WARNING)

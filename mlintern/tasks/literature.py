@@ -4,7 +4,7 @@ from prefect import task
 from prefect.cache_policies import NO_CACHE
 
 from mlintern import literature
-from mlintern.planners.base import PaperDigest
+from mlintern.schemas import PaperDigest
 from mlintern.schemas import Goal
 from mlintern.settings import get_settings
 from mlintern.tracking import ensure_experiment, log_literature

@@ -3,8 +3,8 @@ from __future__ import annotations
 from prefect import task
 from prefect.cache_policies import NO_CACHE
 
-from mlintern.planners import Planner, PlanningContext
-from mlintern.schemas import ExperimentPlan
+from mlintern.planners.base import Planner
+from mlintern.schemas import ExperimentPlan, PlanningContext
 
 
 @task(name="plan-experiment", cache_policy=NO_CACHE, retries=1, retry_delay_seconds=10, timeout_seconds=900)

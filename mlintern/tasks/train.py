@@ -71,15 +71,15 @@ def _on_worker(job: TrainJob, log_path: Path, timeout_s: float) -> TrainOutcome:
     try:
         reply = submit(WorkerRequest(kind="train", train=job, log_path=str(log_path)), timeout_s)
     except WorkerTimeout as exc:
-        return TrainOutcome(status="failed", wall_seconds=time.time() - start, failure=Failure(
+        return TrainOutcome(status="failed", job_seconds=time.time() - start, failure=Failure(
             kind=FailureKind.timeout, message=f"training exceeded its {timeout_s:.0f}s limit: {exc}"))
     except WorkerDied as exc:
         tail = _tail(log_path)
         failure = classify(None, tail, exit_code=-9 if "code -9" in str(exc) else None)
         failure.message = f"{exc}: {failure.message}"
-        return TrainOutcome(status="failed", wall_seconds=time.time() - start, failure=failure)
+        return TrainOutcome(status="failed", job_seconds=time.time() - start, failure=failure)
     outcome = reply.outcome
-    outcome.wall_seconds = reply.job_seconds
+    outcome.job_seconds = reply.job_seconds
     return outcome
 
 
@@ -97,7 +97,7 @@ def _in_child(job: TrainJob, out: Path, log_path: Path, timeout_s: float) -> Tra
         except subprocess.TimeoutExpired:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
-            return TrainOutcome(status="failed", wall_seconds=time.time() - start, failure=Failure(
+            return TrainOutcome(status="failed", job_seconds=time.time() - start, failure=Failure(
                 kind=FailureKind.timeout, log_tail=_tail(log_path),
                 message=f"training exceeded its {timeout_s:.0f}s limit and was killed"))
     if outcome_path.exists():
@@ -106,7 +106,7 @@ def _in_child(job: TrainJob, out: Path, log_path: Path, timeout_s: float) -> Tra
         tail = _tail(log_path)
         outcome = TrainOutcome(status="failed", failure=classify(None, tail, exit_code=code))
         outcome.failure.message = f"training process exited with code {code}: {outcome.failure.message}"
-    outcome.wall_seconds = time.time() - start
+    outcome.job_seconds = time.time() - start
     return outcome
 
 

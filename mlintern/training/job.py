@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import AliasChoices, BaseModel, Field
 
 from mlintern.evaluation.lmeval import EvalSpec
 from mlintern.schemas import CurvePoint, EvalScore, ExperimentPlan, Failure, Fidelity
@@ -30,9 +30,13 @@ class TrainJob(BaseModel):
 
 
 class TrainOutcome(BaseModel):
+    """What a training job measured. Its field names are ExperimentResult's (one name per concept), so
+    the experiment flow fills a result from an outcome by name (mlintern.flows.experiment.record_outcome).
+    The retired names (model_dir, final_loss, wall_seconds) are still read, e.g. from an older worker."""
+
     status: Literal["succeeded", "failed", "pruned"]
-    model_dir: str | None = None
-    final_loss: float | None = None
+    model_path: str | None = Field(None, validation_alias=AliasChoices("model_path", "model_dir"))
+    train_loss: float | None = Field(None, validation_alias=AliasChoices("train_loss", "final_loss"))
     steps: int = 0
     examples: int = 0
     tokens: int = 0
@@ -40,7 +44,8 @@ class TrainOutcome(BaseModel):
     train_loop_seconds: float = 0.0  # optimizer loop only, dev checks excluded
     warmup_seconds: float | None = None  # training clock after the first WARMUP_STEPS steps
     eval_seconds: float = 0.0  # dev checks and the final dev score, inside the job
-    wall_seconds: float = 0.0  # the whole job as its runner saw it (fresh process: imports too)
+    job_seconds: float = Field(  # the whole job as its runner saw it (fresh process: imports too)
+        0.0, validation_alias=AliasChoices("job_seconds", "wall_seconds"))
     dev: EvalScore | None = None
     curve: list[CurvePoint] = Field(default_factory=list)
     pruned_at: float | None = None

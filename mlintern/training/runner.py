@@ -216,7 +216,7 @@ def run(job: TrainJob, faults: dict | None = None, cache=None) -> TrainOutcome:
     steps = int(result.global_step)
     tokens = next((int(e["num_tokens"]) for e in reversed(trainer.state.log_history) if "num_tokens" in e), 0)
     outcome = TrainOutcome(
-        status="pruned" if fidelity.pruned_at is not None else "succeeded", final_loss=guard.last_loss,
+        status="pruned" if fidelity.pruned_at is not None else "succeeded", train_loss=guard.last_loss,
         steps=steps, examples=steps * eps, tokens=tokens, train_loop_seconds=loop_seconds,
         pruned_at=fidelity.pruned_at, stopped_by_time_limit=fidelity.time_capped,
         warmup_seconds=fidelity.warmup_seconds,
@@ -228,7 +228,7 @@ def run(job: TrainJob, faults: dict | None = None, cache=None) -> TrainOutcome:
             outcome.dev = fidelity.last_score
         out = Path(job.output_dir) / "model"
         save_model(trainer, out, faults)
-        outcome.model_dir = str(out)
+        outcome.model_path = str(out)
     elif fidelity.last_score is not None:
         outcome.dev = fidelity.last_score  # the pruned trial's last rung
     outcome.curve = fidelity.curve
