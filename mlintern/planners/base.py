@@ -5,6 +5,7 @@ from typing import NamedTuple, Protocol
 from pydantic import BaseModel, ConfigDict, Field
 
 from mlintern.budget import Sizing, fresh_rows, prior_throughput, sizing
+from mlintern.llm import LLMClient
 from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Failure, Goal, Method
 
 
@@ -40,6 +41,7 @@ class PlanningContext(BaseModel):
     on_gpu: bool = False
     rungs: list[float] = Field(default_factory=list, description="Training-clock seconds of exploration dev checks.")
     lanes: int = Field(1, ge=1, description="Experiments the loop runs at once (GPUs it dispatches to).")
+    llm_dollars: float = Field(0.0, ge=0, description="The goal's LLM spend so far (the one counter, LoopState's).")
 
     def seen_plan_ids(self) -> set[str]:
         return {r.plan_id for r in self.history} | {p.plan_id() for p in self.pending}
@@ -65,9 +67,18 @@ class PlanRejected(ValueError):
 
 
 class Planner(Protocol):
+    """What the flows use of a planner; nothing else is read from it."""
+
     name: str
 
+    @property
+    def client(self) -> LLMClient | None:
+        """The LLM client the planner asks (paper digests share it), or None without an LLM."""
+
     def propose(self, ctx: PlanningContext) -> ExperimentPlan: ...
+
+    def summary(self) -> str:
+        """The planner line of the report."""
 
 
 def validate_plan(plan: ExperimentPlan, ctx: PlanningContext) -> ExperimentPlan:
