@@ -29,6 +29,14 @@ class LoopState:
     on_gpu: bool = False
     rungs: list[float] = field(default_factory=list)
     compute_since_improvement_s: float = 0.0
+    literature_dollars: float = 0.0  # paper digests (recorded with the literature run)
+    inflight_dollars: dict[str, float] = field(default_factory=dict)  # planning spend of running plans
+
+    @property
+    def llm_dollars(self) -> float:
+        """The goal's one LLM spend counter, durable across restarts: literature digests plus each
+        experiment's own spend (planning it and mapping hub columns for it), running ones included."""
+        return self.literature_dollars + sum(r.llm_dollars for r in self.history) + sum(self.inflight_dollars.values())
 
     @property
     def best(self) -> EvalScore:
@@ -81,6 +89,7 @@ class LoopState:
     def record(self, result: ExperimentResult) -> bool:
         """Add a finished experiment; returns True if it became the champion."""
         self.history.append(result)
+        self.inflight_dollars.pop(result.plan_id, None)
         if result.status == "succeeded" and result.dev is not None and result.confirmed is not False and beats(
             result.dev, self.best, self.goal.stop.noise_z
         ):

@@ -269,13 +269,13 @@ def _drop_registered_weights(goal: Goal, result: ExperimentResult, run_artifacts
 # ----------------------------------------------------------------------------- usage and gc
 
 def disk_usage(goal: Goal, history: list[ExperimentResult]) -> DiskUsage:
-    from mlintern.tracking import _artifact_location, experiment_name
+    from mlintern.tracking import artifact_location, experiment_name
 
     settings = get_settings()
     work = settings.work_dir.resolve()
     usage = DiskUsage(work_dir=str(work), work_dir_bytes=disk_bytes(work),
                       goal_runs_bytes=disk_bytes(work / "runs" / goal.goal_id()))
-    root = _artifact_location()
+    root = artifact_location()
     if root and root.startswith(("file:", "/")):
         import mlflow
 
@@ -313,15 +313,15 @@ def goals_in_store() -> list[tuple[Goal, str]]:
 
 def replay(goal: Goal, experiment_id: str) -> tuple[list[ExperimentResult], ExperimentResult | None]:
     """History and champion of a goal, as a resumed controller would rebuild them."""
+    from mlintern.ledger import GoalLedger
     from mlintern.loop import LoopState
-    from mlintern.schemas import EvalScore
-    from mlintern.tracking import find_run, load_history
+    from mlintern.tracking import init_tracking
 
-    history = load_history(experiment_id)
-    baseline_run = find_run(experiment_id, "baseline-dev", done=True)
-    if baseline_run is None:
+    ledger = GoalLedger(goal, experiment_id, init_tracking())
+    history, baseline = ledger.history(), ledger.baseline("dev")
+    if baseline is None:
         return history, None
-    state = LoopState(goal=goal, baseline=EvalScore.model_validate_json(baseline_run.data.tags["intern.score"]))
+    state = LoopState(goal=goal, baseline=baseline)
     for result in history:
         state.record(result)
     return history, state.champion

@@ -313,8 +313,7 @@ def test_nightly_resumes_from_champion(intern_env, tmp_path):
 
     from mlintern.flows.nightly import fetch_champion, nightly_goal
     from mlintern.schemas import Budget, EvalScore, ExperimentPlan, ExperimentResult, Hyperparameters
-    from mlintern.tracking import (ensure_experiment, finish_experiment_run, get_or_log_baseline,
-                                   register_champion, start_experiment_run)
+    from mlintern.ledger import GoalLedger
 
     goal = tiny_goal(name="nightly-t")
     tonight = Budget(max_experiments=3, gpu_hours=2.0, wall_time_minutes=90)
@@ -323,24 +322,24 @@ def test_nightly_resumes_from_champion(intern_env, tmp_path):
     assert fresh.base_model == goal.base_model and fresh.budget == tonight
 
     # one finished experiment on the base goal, promoted to champion
-    exp_id = ensure_experiment(goal)
-    get_or_log_baseline(exp_id, goal, "dev", lambda: EvalScore(task="t", metric="acc", value=0.1, stderr=0.01, n=12))
+    ledger = GoalLedger.open(goal)
+    ledger.record_baseline("dev", EvalScore(task="t", metric="acc", value=0.1, stderr=0.01, n=12))
     weights = tmp_path / "weights"
     weights.mkdir()
     (weights / "config.json").write_text('{"model_type": "llama"}')
     plan = ExperimentPlan(hyperparameters=Hyperparameters(learning_rate=1e-4, max_steps=2))
-    run_id = start_experiment_run(exp_id, goal, plan, None)
+    run_id = ledger.start_run(plan, None)
     result = ExperimentResult(plan_id=plan.plan_id(), plan=plan, status="succeeded", mlflow_run_id=run_id,
                               model_path=str(weights), accelerator_hours=0.25,
                               dev=EvalScore(task="t", metric="acc", value=0.5, stderr=0.01, n=12))
-    finish_experiment_run(run_id, result)
+    ledger.finish_run(run_id, result)
     # same goal, no champion yet: tonight's budget comes on top of what was spent
     carried = nightly_goal(goal, None, tonight)
     assert carried.goal_id() == goal.goal_id()
     assert carried.budget.max_experiments == 1 + 3 and carried.budget.gpu_hours == pytest.approx(2.25)
     assert carried.stop.patience == goal.stop.patience  # the one experiment improved: patience not used
 
-    register_champion(goal, result)
+    ledger.register_champion(result)
     version = MlflowClient().get_model_version_by_alias(f"intern-{goal.name}", "champion").version
     champ = fetch_champion.fn(goal)
     assert champ is not None and champ.version == str(version) and champ.run_id == run_id

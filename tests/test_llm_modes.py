@@ -15,7 +15,8 @@ import pytest
 from mlintern.llm import LLMBudgetExceeded, LLMClient, LLMError, forget_modes, working_mode
 from mlintern.planners import PlanRejected, make_planner, validate_plan
 from mlintern.planners.base import clamp_plan
-from mlintern.planners.fallback import FallbackPlanner, planner_summary, take_transcript, total_llm_dollars
+from mlintern.loop import LoopState
+from mlintern.planners.fallback import FallbackPlanner, take_transcript
 from mlintern.planners.llm import LLMPlanner, plan_schema
 from mlintern.planners.search import SearchPlanner
 from mlintern.prompts import PROMPT_DIR
@@ -308,22 +309,28 @@ def test_fallback_planner_plans_with_search_while_the_llm_is_down_and_tries_it_a
     assert asked == [True, True, False, False, True, False, False, True]
     assert transcript.source == "llm" and planner.llm_plans == 1 and planner.fallback_plans == 7
     assert not planner.benched
-    summary = planner_summary(planner)
+    summary = planner.summary()
     assert summary.startswith("multi-fidelity (llm:openai/stand-in); 7 of 8 plans made by multi-fidelity (optuna-tpe) because the LLM failed")
 
 
 def test_llm_spend_is_counted_once_per_goal_over_planning_and_experiments():
+    """LoopState.llm_dollars is the one counter (literature digests + each experiment's planning and
+    column maps + plans still running); the planner's client starts every round from it."""
     goal = tiny_goal(planner="llm", llm_model="openai/stand-in", budget={"llm_dollars": 0.5})
     plan = ExperimentPlan(hyperparameters={"max_steps": 3, "max_length": 64})
-    spent = done(plan, 0.1).model_copy(update={"llm_dollars": 0.5})  # e.g. a hub column map
+    spent = done(plan, 0.1).model_copy(update={"llm_dollars": 0.45})  # planning it + a hub column map
+    state = LoopState(goal=goal, baseline=ctx_for(goal).baseline, literature_dollars=0.01)
+    state.record(spent)
+    state.inflight_dollars["running-plan"] = 0.05
+    assert state.llm_dollars == pytest.approx(0.51)
     with OpenAIStandIn([llm_plan()]) as server:
         planner = make_planner(goal.model_copy(update={"llm_api_base": server.api_base}))
-        planner.llm.client.spent_dollars = 0.01  # e.g. paper digests
+        planner.llm.client.spent_dollars = 0.3  # last round's calls: already inside the counter
         with pytest.raises(LLMBudgetExceeded, match=r"\$0\.5100 of \$0\.50"):
-            planner.propose(ctx_for(goal, [spent]))
+            planner.propose(ctx_for(goal, [spent], llm_dollars=state.llm_dollars))
         assert server.chat_requests == [], "refused before any request"
-    assert total_llm_dollars(planner, [spent]) == pytest.approx(0.51)
-    assert total_llm_dollars(SearchPlanner(), [spent]) == 0.5
+    state.record(spent.model_copy(update={"plan_id": "running-plan", "llm_dollars": 0.05}))
+    assert state.llm_dollars == pytest.approx(0.51), "a finished plan's planning spend is counted once"
 
 
 def test_a_transcript_travels_to_a_remote_worker_as_an_experiment_parameter():

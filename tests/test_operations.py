@@ -28,7 +28,7 @@ from mlflow.tracking import MlflowClient
 from mlintern.retention import disk_bytes, enforce, run_dir
 from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Hyperparameters
 from mlintern.settings import get_settings
-from mlintern.tracking import ensure_experiment, finish_experiment_run, register_champion, start_experiment_run
+from mlintern.ledger import GoalLedger
 from tests.conftest import ROOT, tiny_goal
 from tests.test_deployments import PY
 
@@ -54,14 +54,15 @@ def _weights(folder: Path, mb: int = 2) -> Path:
     return folder
 
 
-def _candidate(goal, exp_id: str, i: int, dev: float) -> ExperimentResult:
+def _candidate(goal, i: int, dev: float) -> ExperimentResult:
     """A finished experiment as flows/experiment.py leaves it: weights in the work dir, run done."""
+    ledger = GoalLedger.open(goal)
     plan = ExperimentPlan(hyperparameters=Hyperparameters(learning_rate=1e-4, max_steps=2 + i))
-    run_id = start_experiment_run(exp_id, goal, plan, None)
+    run_id = ledger.start_run(plan, None)
     path = _weights(run_dir(goal, plan.plan_id()) / "model")
     result = ExperimentResult(plan_id=plan.plan_id(), plan=plan, status="succeeded", mlflow_run_id=run_id,
                               model_path=str(path), dev=EvalScore(task="t", metric="acc", value=dev, n=12))
-    finish_experiment_run(run_id, result)
+    ledger.finish_run(run_id, result)
     return result
 
 
@@ -82,17 +83,17 @@ def test_retention_keeps_champion_and_best_few_once(intern_env):
     folders; the champion exists once (in its run's artifacts, linked from the work dir); a
     former champion that falls out loses its registry version; MLflow keeps every result."""
     goal = tiny_goal(name="retain", retention={"keep_best_candidates": 1})
-    exp_id = ensure_experiment(goal)
+    ledger = GoalLedger.open(goal)
     client = MlflowClient()
     history, champion = [], None
 
     def step(i, dev, promote=False):
         nonlocal champion
-        result = _candidate(goal, exp_id, i, dev)
+        result = _candidate(goal, i, dev)
         history.append(result)
         if promote:
             champion = result
-            register_champion(goal, result)
+            ledger.register_champion(result)
         summary = enforce(goal, history, champion)
         assert len(_on_disk(goal)) <= 1 + 1, summary
         return result, summary
@@ -127,7 +128,7 @@ def test_retention_keeps_champion_and_best_few_once(intern_env):
     total = disk_bytes(intern_env / "work") + disk_bytes(intern_env / "mlartifacts")
     assert 4 * MB <= total < 5 * MB, total
     # a resumed controller calls register_champion again: nothing moves, nothing is copied
-    assert register_champion(goal, r4) == register_champion(goal, r4)
+    assert ledger.register_champion(r4) == ledger.register_champion(r4)
     assert disk_bytes(intern_env / "work") + disk_bytes(intern_env / "mlartifacts") == total
 
 
@@ -137,11 +138,11 @@ def test_register_champion_repairs_an_interrupted_move(intern_env):
     from mlintern.tracking import local_artifact_dir
 
     goal = tiny_goal(name="repair")
-    result = _candidate(goal, ensure_experiment(goal), 1, 0.3)
+    result = _candidate(goal, 1, 0.3)
     dst = local_artifact_dir(result.mlflow_run_id) / "model"
     dst.parent.mkdir(parents=True, exist_ok=True)
     Path(result.model_path).rename(dst)
-    register_champion(goal, result)
+    GoalLedger.open(goal).register_champion(result)
     assert Path(result.model_path).is_symlink() and (Path(result.model_path) / "config.json").exists()
     _registry_loads("intern-repair", intern_env / "dl")
 
@@ -157,12 +158,10 @@ def test_gc_command_frees_space_across_goals(intern_env):
     """`ml-intern gc` replays each goal from MLflow and applies its retention (or --keep); a
     dry run deletes nothing; stale half-written saves go too."""
     goal = tiny_goal(name="gc-goal", retention={"keep_best_candidates": 3})
-    exp_id = ensure_experiment(goal)
-    from mlintern.tracking import get_or_log_baseline
-
-    get_or_log_baseline(exp_id, goal, "dev", lambda: EvalScore(task="t", metric="acc", value=0.05, n=12))
-    results = [_candidate(goal, exp_id, i, dev) for i, dev in enumerate([0.1, 0.3, 0.2, 0.25], start=1)]
-    register_champion(goal, results[1])  # what the loop did: 0.3 beat the others
+    ledger = GoalLedger.open(goal)
+    ledger.record_baseline("dev", EvalScore(task="t", metric="acc", value=0.05, n=12))
+    results = [_candidate(goal, i, dev) for i, dev in enumerate([0.1, 0.3, 0.2, 0.25], start=1)]
+    ledger.register_champion(results[1])  # what the loop did: 0.3 beat the others
     partial = _weights(run_dir(goal, "deadbeefdeadbeef") / "model.partial")
     old = time.time() - 7 * 3600
     for f in [partial, *partial.iterdir()]:

@@ -191,6 +191,7 @@ def test_crash_resume_at_several_points_loses_and_duplicates_nothing(tmp_path, s
         assert len(steps) == len(set(steps)) == int(r.data.params["plan.hyperparameters.max_steps"])
     assert b"resuming goal" in log.read_bytes()
     report = MlflowClient().search_runs([runs[0].info.experiment_id], "tags.`intern.kind` = 'report'")
-    assert report, "the final report was written after the last restart"
+    assert len(report) == 1 and report[0].data.tags["intern.final"] == "true", \
+        "the final report was written after the last restart"
     print(f"crash points tried: {kills}; finished experiments: {len(done)}; interrupted runs marked: "
           f"{len(interrupted)}; runs lost: 0")

@@ -46,9 +46,18 @@ def test_loop_with_search_planner_records_everything(intern_env, prefect_harness
         assert run.data.tags["prefect.flow_run_id"]
         assert "data.content_hash" in run.data.params or run.inputs.dataset_inputs, "dataset lineage logged"
     assert len(runs_of(goal, "baseline-dev")) == 1 and len(runs_of(goal, "baseline-test")) == 1
-    report_run = runs_of(goal, "report")[0]
+    report_runs = runs_of(goal, "report")
+    assert len(report_runs) == 1, "one report per goal, rewritten as the loop goes"
+    report_run = report_runs[0]
+    assert report_run.data.tags["intern.final"] == "true" and report_run.info.status == "FINISHED"
     assert "Held-out test: base vs champion" in mlflow.artifacts.load_text(
         f"runs:/{report_run.info.run_id}/report.md")
+    # written after each experiment (dev only: no held-out test until the end), then once more
+    written = MlflowClient().get_metric_history(report_run.info.run_id, "experiments")
+    assert [int(m.value) for m in written] == [1, 2, 2]
+    assert [m.step for m in MlflowClient().get_metric_history(report_run.info.run_id, "base_test")] == [2]
+    lit_spend = lit.data.metrics["llm_dollars"]
+    assert lit_spend == 0 and report.llm_dollars == 0, "no LLM: nothing spent"
 
     # The champion is the best dev score among candidates that beat the then-champion on dev AND
     # on the confirmation set (noise_z=0 in tiny_goal); a dev-only win is recorded, not promoted.

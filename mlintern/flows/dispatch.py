@@ -7,7 +7,7 @@ from prefect.deployments import run_deployment
 from mlintern.llm import LLMTranscript
 from mlintern.schemas import ExperimentPlan, ExperimentResult, Failure, FailureKind, Fidelity, Goal
 from mlintern.settings import get_settings
-from mlintern.tracking import ensure_experiment, find_run, RESULT_ARTIFACT
+from mlintern.ledger import GoalLedger
 
 
 def dispatch_experiment(goal: Goal, plan: ExperimentPlan, init_model: str, timeout_s: float,
@@ -16,8 +16,6 @@ def dispatch_experiment(goal: Goal, plan: ExperimentPlan, init_model: str, timeo
     """Idempotent per (goal, plan): a retried or resumed controller never starts a duplicate.
     `fidelity` (the schedule's dev checks and time cap) and `llm_transcript` (how the plan was made)
     travel with the run; the worker applies the one and logs the other."""
-    import mlflow
-
     name = get_settings().experiment_deployment
     plan_id = plan.plan_id()
     parameters = {"goal": goal.model_dump(mode="json"), "plan": plan.model_dump(mode="json"),
@@ -32,10 +30,9 @@ def dispatch_experiment(goal: Goal, plan: ExperimentPlan, init_model: str, timeo
         timeout=None,
         as_subflow=True,
     )
-    run = find_run(ensure_experiment(goal), "experiment", plan_id, done=True)
-    if run is not None:
-        text = mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/{RESULT_ARTIFACT}")
-        return ExperimentResult.model_validate_json(text)
+    result = GoalLedger.open(goal).result(plan_id)
+    if result is not None:
+        return result
     state = flow_run.state.name if flow_run.state else "unknown"
     return ExperimentResult(
         plan_id=plan_id, plan=plan, status="failed",

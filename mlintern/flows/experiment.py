@@ -15,16 +15,10 @@ from prefect import flow, get_run_logger
 from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
+from mlintern.ledger import GoalLedger
 from mlintern.llm import LLMClient, LLMTranscript
 from mlintern.schemas import ExperimentPlan, ExperimentResult, Fidelity, Goal
 from mlintern.settings import get_settings
-from mlintern.tracking import (
-    ensure_experiment,
-    finish_experiment_run,
-    init_tracking,
-    log_llm_transcript,
-    start_experiment_run,
-)
 from mlintern.training.failures import classify
 from mlintern.training.job import TrainJob, TrainOutcome
 from mlintern.tasks.data import build_data
@@ -65,14 +59,13 @@ def experiment(
     it there) and scores dev from the weights in memory; everything lands in MLflow."""
     logger = get_run_logger()
     settings = get_settings()
-    tracking_uri = init_tracking()
-    experiment_id = ensure_experiment(goal)
+    ledger = GoalLedger.open(goal)
     plan_id = plan.plan_id()
-    run_id = start_experiment_run(experiment_id, goal, plan, flow_run.get_id())
+    run_id = ledger.start_run(plan, flow_run.get_id())
     out_dir = settings.work_dir.resolve() / "runs" / goal.goal_id() / plan_id
     result = ExperimentResult(plan_id=plan_id, plan=plan, status="failed", mlflow_run_id=run_id)
     if llm_transcript is not None:  # how the plan was made: the audit trail sits with its run
-        log_llm_transcript(run_id, llm_transcript)
+        ledger.log_transcript(run_id, llm_transcript)
     mapper = _column_mapper(goal, llm_transcript)
     try:
         bench = prepare(goal.benchmark)
@@ -83,13 +76,14 @@ def experiment(
                        benchmark_metric=bench.metric, fidelity=fidelity or Fidelity(),
                        evaluation=eval_spec(bench, "dev", goal.device))
         with gpu_slot():
-            outcome = train(job, run_id, tracking_uri, timeout_s or settings.train_timeout_s)
+            outcome = train(job, run_id, ledger.tracking_uri, timeout_s or settings.train_timeout_s)
         result = record_outcome(result, outcome)
     except Exception as exc:  # bad data, a dead evaluation: recorded, never fatal to the loop
         logger.error("experiment %s failed: %s", plan_id, exc)
         result.failure = classify(exc, traceback.format_exc())
-    result.llm_dollars = mapper.spent_dollars if mapper is not None else 0.0
-    finish_experiment_run(run_id, result)
+    # this experiment's share of the goal's one LLM spend counter: planning it, and its column maps
+    result.llm_dollars = (llm_transcript.dollars if llm_transcript else 0.0) + (mapper.spent_dollars if mapper else 0.0)
+    ledger.finish_run(run_id, result)
     if result.dev is not None:
         logger.info("plan %s (%s): %s, dev %s = %.4f, %d steps, %.0f accelerator-seconds", plan_id, plan.stage,
                     result.status, result.dev.metric, result.dev.value, result.steps, result.accelerator_hours * 3600)

@@ -23,21 +23,13 @@ from mlintern.planners import PlanRejected, make_planner
 from mlintern.planners.base import PlannerDone
 from mlintern.planners.multifidelity import fidelity_for
 from mlintern.progress import markdown_image, progress_png
-from mlintern.planners.fallback import planner_summary, take_transcript, total_llm_dollars
+from mlintern.planners.fallback import take_transcript
 from mlintern.report import render_report
 from mlintern.retention import enforce as enforce_retention
 from mlintern.selection import beats, pooled
 from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Goal, LoopReport, PaperDigest, PlanningContext
 from mlintern.settings import get_settings
-from mlintern.tracking import (
-    ensure_experiment,
-    get_or_log_baseline,
-    load_history,
-    log_progress,
-    log_report,
-    register_champion,
-    update_result,
-)
+from mlintern.ledger import GoalLedger
 from mlintern.tasks.budget import budget_facts
 from mlintern.tasks.evaluate import evaluate, timed_evaluate
 from mlintern.tasks.literature import gather_literature
@@ -53,19 +45,19 @@ class IntegrityError(RuntimeError):
 def research_loop(goal: Goal) -> LoopReport:
     logger = get_run_logger()
     started = time.time()
-    experiment_id = ensure_experiment(goal)
+    ledger = GoalLedger.open(goal)
     bench = prepare(goal.benchmark)
     fingerprint = bench.fingerprint()
     base_model = resolve(goal.base_model)
-    baseline = get_or_log_baseline(experiment_id, goal, "dev",
-                                   lambda: evaluate(base_model, bench, "dev", goal.device))
-    state = LoopState(goal=goal, baseline=baseline, started=started, **budget_facts(goal, base_model, bench))
-    for result in load_history(experiment_id):  # resume: finished plans are never re-run
+    baseline = base_score(ledger, "dev", base_model, bench)
+    state = LoopState(goal=goal, baseline=baseline, started=started, literature_dollars=ledger.literature_dollars(),
+                      **budget_facts(goal, base_model, bench))
+    for result in ledger.history():  # resume: finished plans are never re-run
         state.record(result)
     if state.history:
         logger.info("resuming goal %s with %d finished experiments", goal.goal_id(), len(state.history))
         if state.champion is not None:  # the crash may have come before the registry update
-            register_champion(goal, state.champion)
+            ledger.register_champion(state.champion)
 
     planner = make_planner(goal)
     print(f"Planner: {planner.name}. Budget: {fmt_seconds(state.budget_s)} of accelerator time, "
@@ -74,19 +66,30 @@ def research_loop(goal: Goal) -> LoopReport:
     if planner.name.startswith("multi-fidelity (optuna") and goal.planner == "auto":
         print("No LLM configured: configurations come from Optuna TPE. Set INTERN_LLM_MODEL "
               "(e.g. openai/gpt-4o-mini) to let an LLM propose them.")
-    literature = gather_literature(goal, planner) if goal.use_literature else []
+    if goal.use_literature:
+        literature, state.literature_dollars = gather_literature(goal, planner.client), ledger.literature_dollars()
+    else:
+        literature = []
 
-    run_loop(goal, planner, state, bench, literature, base_model, experiment_id)
+    run_loop(goal, planner, state, bench, literature, base_model, ledger)
     reason = state.stop_reason() or "stopped"
     logger.info("stopping: %s", reason)
     enforce_retention(goal, state.history, state.champion)  # also after a resume that stops at once
 
     check_integrity(bench, fingerprint)
-    return final_report(goal, state, bench, base_model, planner, reason)
+    return final_report(ledger, state, bench, base_model, planner, reason)
+
+
+def base_score(ledger: GoalLedger, split: str, base_model: str, bench: PreparedBenchmark) -> EvalScore:
+    """The base model's score on a split: evaluated once per goal, then read from the ledger."""
+    recorded = ledger.baseline(split)
+    if recorded is not None:
+        return recorded
+    return ledger.record_baseline(split, evaluate(base_model, bench, split, ledger.goal.device))
 
 
 def run_loop(goal: Goal, planner, state: LoopState, bench: PreparedBenchmark, literature: list[PaperDigest],
-             base_model: str, experiment_id: str) -> None:
+             base_model: str, ledger: GoalLedger) -> None:
     """Keep up to `parallel_experiments` experiments in flight (one where no experiment deployment
     dispatches them); plan the next one as soon as one finishes, until a stop reason holds."""
     dispatch = get_settings().experiment_deployment is not None
@@ -101,7 +104,7 @@ def run_loop(goal: Goal, planner, state: LoopState, bench: PreparedBenchmark, li
                 fidelity = fidelity_for(plan, goal, state.sizing(list(in_flight.values())), state.history, state.rungs)
                 run = _runner(goal, plan, state, base_model, fidelity, dispatch)
                 if not dispatch:  # embedded: the experiment is a subflow in this thread
-                    finish(run(), state, bench, base_model, experiment_id)
+                    finish(run(), state, bench, base_model, ledger, planner)
                     continue
                 in_flight[pool.submit(contextvars.copy_context().run, run)] = plan
             if not in_flight:
@@ -109,7 +112,7 @@ def run_loop(goal: Goal, planner, state: LoopState, bench: PreparedBenchmark, li
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
                 in_flight.pop(future)
-                finish(future.result(), state, bench, base_model, experiment_id)
+                finish(future.result(), state, bench, base_model, ledger, planner)
             # "nothing left to fund" was judged with running experiments at their predicted cost;
             # ask again now that one has finished at its real cost
             state.planner_done = None
@@ -133,6 +136,7 @@ def next_plan(planner, state: LoopState, bench: PreparedBenchmark, literature: l
         eval_files=[str(f) for f in bench.eval_files()],
         failure=failure[0] if failure else None, failure_plan=failure[1] if failure else None,
         sizing=state.sizing(pending), on_gpu=state.on_gpu, rungs=state.rungs, lanes=lanes,
+        llm_dollars=state.llm_dollars,
     )
     try:
         return plan_next(planner, ctx)
@@ -150,6 +154,8 @@ def next_plan(planner, state: LoopState, bench: PreparedBenchmark, literature: l
 def _runner(goal: Goal, plan: ExperimentPlan, state: LoopState, base_model: str, fidelity, dispatch: bool):
     timeout = max(60.0, min(get_settings().train_timeout_s, state.wall_left_s()))
     transcript = take_transcript(plan)  # how an LLM made the plan: logged to the plan's run
+    if transcript is not None and transcript.dollars:
+        state.inflight_dollars[plan.plan_id()] = transcript.dollars  # the result carries it once finished
     init = state.champion.model_path if plan.init_from == "champion" and state.champion is not None else base_model
     if dispatch:
         from mlintern.flows.dispatch import dispatch_experiment
@@ -159,19 +165,19 @@ def _runner(goal: Goal, plan: ExperimentPlan, state: LoopState, base_model: str,
 
 
 def finish(result: ExperimentResult, state: LoopState, bench: PreparedBenchmark, base_model: str,
-           experiment_id: str) -> None:
+           ledger: GoalLedger, planner) -> None:
     """Confirm a promising candidate, record the result, promote it if it won, publish progress."""
     if state.needs_confirmation(result) and bench.confirm_task:
-        confirm(result, state, bench, base_model, experiment_id)
+        confirm(result, state, bench, base_model, ledger)
     if state.record(result):
-        register_champion(state.goal, result)
+        ledger.register_champion(result)
         print(f"new champion {result.plan_id} ({result.plan.stage}): dev {result.dev.value:.4f}")
     print(enforce_retention(state.goal, state.history, state.champion).line())  # weights of losers go
-    publish_progress(state, experiment_id)
+    publish_progress(state, ledger, planner)
 
 
 def confirm(result: ExperimentResult, state: LoopState, bench: PreparedBenchmark, base_model: str,
-            experiment_id: str) -> None:
+            ledger: GoalLedger) -> None:
     """Re-evaluate a promising candidate on a second dev set drawn with another seed. Selecting
     on dev alone is optimistic, so it is promoted only if it still beats the champion, beyond the
     noise margin, on dev and confirmation items pooled (twice the items of a dev-only check).
@@ -184,8 +190,7 @@ def confirm(result: ExperimentResult, state: LoopState, bench: PreparedBenchmark
             result.eval_seconds += seconds
             result.accelerator_hours += seconds / 3600
     else:
-        champion = get_or_log_baseline(experiment_id, goal, "confirm",
-                                       lambda: evaluate(base_model, bench, "confirm", goal.device))
+        champion = base_score(ledger, "confirm", base_model, bench)
     result.confirm, seconds = timed_evaluate(result.model_path, bench, "confirm", goal.device)
     result.eval_seconds += seconds
     result.accelerator_hours += seconds / 3600
@@ -194,24 +199,42 @@ def confirm(result: ExperimentResult, state: LoopState, bench: PreparedBenchmark
     if not result.confirmed:
         print(f"plan {result.plan_id} beat the champion on dev ({result.dev.value:.4f}) but not on dev and "
               f"confirmation pooled ({candidate_pooled.value:.4f} vs {champion_pooled.value:.4f}): not promoted")
-    update_result(result)
+    ledger.update(result)
 
 
-def publish_progress(state: LoopState, experiment_id: str) -> None:
-    """After every experiment: the progress chart (MLflow and a Prefect artifact), so a person can
-    follow the loop while it runs. Dev scores only."""
+def publish_progress(state: LoopState, ledger: GoalLedger, planner) -> None:
+    """After every experiment: the report so far (dev scores only; no held-out test until the end)
+    and the progress chart, in MLflow and as Prefect artifacts, so a person can follow the loop
+    while it runs."""
     goal = state.goal
-    png = progress_png(state.history, state.baseline, state.budget_s,
-                       f"{goal.name}: {state.usage()}")
-    log_progress(experiment_id, goal, png)
+    png = progress_png(state.history, state.baseline, state.budget_s, f"{goal.name}: {state.usage()}")
+    ledger.log_progress(png)
+    report = loop_report(state, planner, f"running: {state.usage()}")
+    ledger.write_report(report, state.champion, final=False)
     best = state.best
     create_markdown_artifact(
         key=f"progress-{_slug(goal.name)}",
         description=f"ml-intern progress for {goal.name}",
         markdown=(f"# {goal.name}: progress\n\n{state.usage()}; best dev {best.value:.4f} "
                   f"({'champion ' + state.champion.plan_id if state.champion else 'base model'}).\n\n"
-                  f"{markdown_image(png)}\n"),
+                  f"{markdown_image(png)}\n\n{report.markdown}"),
     )
+
+
+def loop_report(state: LoopState, planner, reason: str, base_test: EvalScore | None = None,
+                champion_test: EvalScore | None = None) -> LoopReport:
+    goal, champion = state.goal, state.champion
+    report = LoopReport(
+        goal=goal, goal_id=goal.goal_id(), planner=planner.summary(), stop_reason=reason,
+        baseline_dev=state.baseline, baseline_test=base_test,
+        champion_plan_id=champion.plan_id if champion else None,
+        champion_dev=champion.dev if champion else None, champion_test=champion_test,
+        experiments=state.history, llm_dollars=state.llm_dollars,
+        wall_seconds=time.time() - state.started, budget_seconds=state.budget_s, used_seconds=state.used_s,
+        throughput=state.throughput().describe(),
+    )
+    report.markdown = render_report(report)
+    return report
 
 
 @task(name="check-integrity", cache_policy=NO_CACHE)
@@ -225,29 +248,19 @@ def check_integrity(bench: PreparedBenchmark, fingerprint: str) -> None:
         )
 
 
-def final_report(goal: Goal, state: LoopState, bench: PreparedBenchmark, base_model: str,
+def final_report(ledger: GoalLedger, state: LoopState, bench: PreparedBenchmark, base_model: str,
                  planner, reason: str) -> LoopReport:
     """The held-out test set is touched here, once, for base and champion only."""
-    experiment_id = ensure_experiment(goal)
-    base_test = get_or_log_baseline(experiment_id, goal, "test",
-                                    lambda: evaluate(base_model, bench, "test", goal.device))
+    goal = state.goal
+    base_test = base_score(ledger, "test", base_model, bench)
     champion_test: EvalScore | None = None
     if state.champion is not None:
         champion_test = evaluate(state.champion.model_path, bench, "test", goal.device)
-    report = LoopReport(
-        goal=goal, goal_id=goal.goal_id(), planner=planner_summary(planner), stop_reason=reason,
-        baseline_dev=state.baseline, baseline_test=base_test,
-        champion_plan_id=state.champion.plan_id if state.champion else None,
-        champion_dev=state.champion.dev if state.champion else None, champion_test=champion_test,
-        experiments=state.history, llm_dollars=total_llm_dollars(planner, state.history),
-        wall_seconds=time.time() - state.started, budget_seconds=state.budget_s, used_seconds=state.used_s,
-        throughput=state.throughput().describe(),
-    )
-    report.markdown = render_report(report)
+    report = loop_report(state, planner, reason, base_test, champion_test)
     png = progress_png(state.history, state.baseline, state.budget_s, f"{goal.name}: {state.usage()}")
     create_markdown_artifact(markdown=report.markdown + "\n## Progress\n\n" + markdown_image(png) + "\n",
                              key=f"report-{_slug(goal.name)}", description=f"ml-intern report for {goal.name}")
-    log_report(experiment_id, goal, report, state.champion)
+    ledger.write_report(report, state.champion, final=True)
     print(report.markdown)
     return report
 

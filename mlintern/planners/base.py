@@ -8,6 +8,7 @@ from __future__ import annotations
 from typing import NamedTuple, Protocol
 
 from mlintern.budget import fresh_rows
+from mlintern.llm import LLMClient
 from mlintern.schemas import ExperimentPlan, PaperDigest, PlanningContext
 
 __all__ = [
@@ -25,9 +26,18 @@ class PlanRejected(ValueError):
 
 
 class Planner(Protocol):
+    """What the flows use of a planner; nothing else is read from it."""
+
     name: str
 
+    @property
+    def client(self) -> LLMClient | None:
+        """The LLM client the planner asks (paper digests share it), or None without an LLM."""
+
     def propose(self, ctx: PlanningContext) -> ExperimentPlan: ...
+
+    def summary(self) -> str:
+        """The planner line of the report."""
 
 
 def validate_plan(plan: ExperimentPlan, ctx: PlanningContext) -> ExperimentPlan:

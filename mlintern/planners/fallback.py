@@ -63,17 +63,14 @@ class FallbackPlanner:
         return self.llm.client
 
     @property
-    def spent_dollars(self) -> float:
-        return self.llm.spent_dollars
-
-    @property
     def benched(self) -> bool:
         return self.failures >= self.max_failures
 
     def propose(self, ctx: PlanningContext) -> ExperimentPlan:
         log = run_log()
-        # Experiments' own LLM calls (hub column maps) count against the same goal budget.
-        self.llm.client.external_dollars = sum(r.llm_dollars for r in ctx.history)
+        # One spend counter per goal (LoopState.llm_dollars, durable in the ledger): it is the base,
+        # and this round's calls add to it (they reach the ledger with the plan's transcript).
+        self.llm.client.external_dollars, self.llm.client.spent_dollars = ctx.llm_dollars, 0.0
         if not self.benched or self.since_try >= self.retry_every - 1:
             self.since_try = 0
             self.llm.last_transcript = None
@@ -119,15 +116,4 @@ class FallbackPlanner:
                 f"LLM failed (last error: {(self.last_error or '')[:300]})")
 
 
-def planner_summary(planner) -> str:
-    """What the report calls the planner (with any fallback to search spelled out)."""
-    summary = getattr(planner, "summary", None)
-    return summary() if callable(summary) else planner.name
-
-
-def total_llm_dollars(planner, history: list[ExperimentResult]) -> float:
-    """The goal's LLM spend: planning and paper digests, plus each experiment's own calls."""
-    return getattr(planner, "spent_dollars", 0.0) + sum(r.llm_dollars for r in history)
-
-
-__all__ = ["FallbackPlanner", "remember_transcript", "take_transcript", "planner_summary", "total_llm_dollars"]
+__all__ = ["FallbackPlanner", "remember_transcript", "take_transcript"]

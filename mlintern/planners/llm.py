@@ -82,9 +82,8 @@ class LLMPlanner:
         self.name = f"llm:{self.model}"
         self.client = LLMClient(model=self.model, api_base=self.api_base, budget_dollars=self.budget_dollars)
 
-    @property
-    def spent_dollars(self) -> float:
-        return self.client.spent_dollars
+    def summary(self) -> str:
+        return self.name
 
     def messages(self, ctx: PlanningContext, schema: dict | None = None) -> list[dict]:
         schema = schema or plan_schema(ctx.goal)

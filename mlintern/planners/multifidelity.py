@@ -38,14 +38,13 @@ class MultiFidelityPlanner:
         self.configs = ConfigProposer()
         self.name = f"multi-fidelity ({self.proposer.name if self.proposer else 'optuna-tpe'})"
 
-    # The LLM proposer's client and spend, for the literature digests and the report.
     @property
-    def client(self):
-        return getattr(self.proposer, "client", None)
+    def client(self) -> LLMClient | None:
+        """The LLM proposer's client (paper digests share it), or None when TPE proposes."""
+        return self.proposer.client if self.proposer is not None else None
 
-    @property
-    def spent_dollars(self) -> float:
-        return getattr(self.proposer, "spent_dollars", 0.0)
+    def summary(self) -> str:
+        return self.name
 
     def propose(self, ctx: PlanningContext) -> ExperimentPlan:
         if ctx.failure is not None and ctx.failure_plan is not None:

@@ -167,9 +167,13 @@ class SearchPlanner:
 
     sampler: str = "tpe"
     name: str = ""
+    client = None  # no LLM
 
     def __post_init__(self) -> None:
         self.name = f"optuna-{self.sampler}"
+
+    def summary(self) -> str:
+        return self.name
 
     def propose(self, ctx: PlanningContext) -> ExperimentPlan:
         if ctx.failure is not None and ctx.failure_plan is not None:
@@ -216,6 +220,10 @@ class SingleRunPlanner:
 
     name: str = "single-run"
     done: bool = field(default=False)
+    client = None  # no LLM
+
+    def summary(self) -> str:
+        return self.name
 
     def propose(self, ctx: PlanningContext) -> ExperimentPlan:
         if ctx.failure is not None and ctx.failure_plan is not None:

@@ -46,6 +46,7 @@ class PlanningContext(BaseModel):
     on_gpu: bool = False
     rungs: list[float] = Field(default_factory=list, description="Training-clock seconds of exploration dev checks.")
     lanes: int = Field(1, ge=1, description="Experiments the loop runs at once (GPUs it dispatches to).")
+    llm_dollars: float = Field(0.0, ge=0, description="The goal's LLM spend so far, in US dollars (LoopState.llm_dollars, the one counter).")
 
     def seen_plan_ids(self) -> set[str]:
         return {r.plan_id for r in self.history} | {p.plan_id() for p in self.pending}

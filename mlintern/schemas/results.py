@@ -88,7 +88,7 @@ class ExperimentResult(_Model):
         "imports too).")
     curve: list[CurvePoint] = Field(default_factory=list, description="Dev checks during training (rungs) and at the end.")
     pruned_at: float | None = Field(None, description="Training-clock seconds at which the pruner stopped it.")
-    llm_dollars: float = Field(0.0, ge=0, description="LLM spend inside the experiment (hub column maps).")
+    llm_dollars: float = Field(0.0, ge=0, description="LLM spend of this experiment, in US dollars: planning it (its transcript) and its hub column maps.")
 
     @model_validator(mode="before")
     @classmethod
