@@ -18,8 +18,19 @@ python -m pip freeze 2>/dev/null | grep -v '^#' | grep -v '^-e' | grep -viE "$SK
 PLAT="--platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform any"
 while read -r req; do  # one at a time: a package with only an sdist is built into a wheel here
   python -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp $PLAT \
-    -d $S/wheels "$req" >/dev/null 2>&1 || python -m pip wheel -q --no-deps -w $S/wheels "$req" >/dev/null
+    -d $S/wheels "$req" >/dev/null 2>&1 && continue
+  python -m pip wheel -q --no-deps -w $S/build "$req" >/dev/null
+  for whl in $S/build/*.whl; do
+    case "$whl" in
+      *-py3-none-any.whl|*-py2.py3-none-any.whl) mv "$whl" $S/wheels/ ;;  # pure Python: fine anywhere
+      *)  # a C extension built for this Python (3.11) would not import on 3.12: ship the sdist and
+          # let unstage.sh build it there (pycosat, which reasoning-gym's logic puzzles use)
+          rm -f "$whl"
+          python -m pip download -q --no-deps --no-binary=:all: -d $S/wheels "$req" >/dev/null ;;
+    esac
+  done
 done < $S/requirements.txt
+rm -rf $S/build
 # MLflow's web UI (26 MB of JavaScript) is not needed on the GPU machine: drop it from the wheel
 python - $S/wheels/mlflow-*.whl <<'PY'
 import sys, zipfile, shutil

