@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import time
 import urllib.error
 import urllib.request
@@ -249,6 +250,25 @@ def test_a_plan_still_out_of_bounds_after_one_revision_is_clamped():
         validate_plan(ExperimentPlan(hyperparameters={"max_steps": 500, "max_length": 64}), ctx_for(goal))
     clamped, notes = clamp_plan(ExperimentPlan(hyperparameters={"max_steps": 500, "max_length": 64}), ctx_for(goal))
     assert clamped.hyperparameters.max_steps == 3 and notes
+
+
+def test_clamp_snaps_the_effective_batch_and_keeps_examples_long_enough_to_learn_from():
+    """What SmolLM2 proposed on the real server: batch 1 x 1 where the goal allows only 2 (rejected
+    twice before), and max_length 16, which truncated every answer away (a failed run)."""
+    goal = tiny_goal(search_space={"batch_sizes": [2, 8], "max_length": 256})
+    ctx = ctx_for(goal)
+    tokens = ctx.size().throughput.tokens_per_example
+    plan = ExperimentPlan(hyperparameters={"max_steps": 3, "max_length": 16, "per_device_batch_size": 1,
+                                           "gradient_accumulation_steps": 1})
+    clamped, notes = clamp_plan(plan, ctx)
+    hp = clamped.hyperparameters
+    assert (hp.per_device_batch_size, hp.gradient_accumulation_steps) == (1, 2)
+    assert hp.max_length == min(256, math.ceil(1.5 * tokens)) > 16
+    assert "clamped hyperparameters: effective batch 1 -> 2 (1 x 2)" in notes
+    validate_plan(clamped, ctx)  # now acceptable
+    six = plan.model_copy(update={"hyperparameters": hp.model_copy(update={"per_device_batch_size": 6})})
+    hp6 = clamp_plan(six, ctx)[0].hyperparameters
+    assert (hp6.per_device_batch_size, hp6.gradient_accumulation_steps) == (4, 2), "6 -> nearest allowed 8"
 
 
 def test_fields_still_invalid_after_the_repair_are_reset_to_defaults():

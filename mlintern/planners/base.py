@@ -5,6 +5,7 @@ from mlintern.schemas, re-exported here for callers that import them from this m
 
 from __future__ import annotations
 
+import math
 from typing import NamedTuple, Protocol
 
 from mlintern.budget import fresh_rows
@@ -158,12 +159,14 @@ def clamp_plan(plan: ExperimentPlan, ctx: PlanningContext) -> tuple[ExperimentPl
         clamp(hp, "per_device_batch_size", "hyperparameters.per_device_batch_size", 1, largest, 1, largest)
         accum = max(1, limit // hp["per_device_batch_size"])
         clamp(hp, "gradient_accumulation_steps", "hyperparameters.gradient_accumulation_steps", 1, accum, 1, accum)
+        _snap_batch(hp, [b for b in bounds.batch_sizes if b <= limit] or bounds.batch_sizes[:1], ctx, notes)
     if bounds.max_steps is not None:
         lo, hi = bounds.max_steps
         clamp(hp, "max_steps", "hyperparameters.max_steps", lo, hi, lo, hi)
     lo, hi = bounds.learning_rate
     clamp(hp, "learning_rate", "hyperparameters.learning_rate", lo, hi, lo / 10, hi * 10)
-    clamp(hp, "max_length", "hyperparameters.max_length", 16, bounds.max_length, 16, bounds.max_length)
+    shortest = _shortest_max_length(ctx, bounds)
+    clamp(hp, "max_length", "hyperparameters.max_length", shortest, bounds.max_length, shortest, bounds.max_length)
     if bounds.num_examples is not None:
         lo, hi = bounds.num_examples
         clamp(data, "num_examples", "dataset.num_examples", lo, hi, 0, hi * 4)
@@ -171,6 +174,27 @@ def clamp_plan(plan: ExperimentPlan, ctx: PlanningContext) -> tuple[ExperimentPl
         return plan, []
     clamped = ExperimentPlan.model_validate({**plan.model_dump(), "hyperparameters": hp, "dataset": data})
     return clamped, notes
+
+
+def _snap_batch(hp: dict, allowed: list[int], ctx: PlanningContext, notes: list[str]) -> None:
+    """An effective batch the goal does not allow moves to the nearest one it does, keeping the
+    micro-batch where it divides (a failed plan's own batch stays allowed: an OOM fix keeps it)."""
+    eps = hp["per_device_batch_size"] * hp["gradient_accumulation_steps"]
+    failed = ctx.failure_plan.hyperparameters if ctx.failure_plan is not None else None
+    if eps in allowed or (failed and eps == failed.per_device_batch_size * failed.gradient_accumulation_steps):
+        return
+    target = min(allowed, key=lambda b: (abs(b - eps), b))
+    micro = max(d for d in range(1, min(hp["per_device_batch_size"], target) + 1) if target % d == 0)
+    hp["per_device_batch_size"], hp["gradient_accumulation_steps"] = micro, target // micro
+    notes.append(f"clamped hyperparameters: effective batch {eps} -> {target} ({micro} x {target // micro})")
+
+
+def _shortest_max_length(ctx: PlanningContext, bounds: PlanBounds) -> int:
+    """The shortest max_length a proposal may use: 1.5 times a training example's mean length
+    (measured, or the prior's), so that most answers are not truncated away, within the goal's
+    max_length. A 16-token limit left SmolLM2's plans nothing to learn from."""
+    mean = ctx.size().throughput.tokens_per_example
+    return int(min(bounds.max_length, max(16, math.ceil(1.5 * mean))))
 
 
 def _touches(source: str, eval_files: list[str]) -> bool:
