@@ -95,7 +95,7 @@ class LLMPlanner:
             "planner_user.md", goal=ctx.goal, metric=ctx.metric, baseline=ctx.baseline,
             champion=ctx.champion, history=ctx.history, literature=ctx.literature,
             experiments_left=ctx.experiments_left, hours_left=ctx.hours_left, budget=budget_facts(ctx),
-            bounds=plan_bounds(ctx),
+            bounds=plan_bounds(ctx), example=example_answer(ctx),
             failure=ctx.failure, failure_plan_id=ctx.failure_plan.plan_id() if ctx.failure_plan else None,
         )
         return [{"role": "system", "content": system}, {"role": "user", "content": user}]
@@ -191,3 +191,26 @@ def tidy_plan(plan: ExperimentPlan, ctx: PlanningContext, notes: list[str]) -> E
 
 
 __all__ = ["LLMPlanner", "LLMError", "plan_schema", "plan_exclusions", "template_sha256"]
+
+
+def example_answer(ctx: PlanningContext) -> str:
+    """One valid plan as JSON, every key present (as the strict schema wants): the next of the
+    loop's seed configurations at the shortest affordable run. Small local models copy the form
+    of an example far more reliably than they read a JSON schema (SmolLM2-135M on llama.cpp)."""
+    from mlintern.planners.search import make_plan, seed_configs
+
+    seeds = seed_configs(ctx)
+    bounds = plan_bounds(ctx)
+    steps = bounds.max_steps[0] if bounds.max_steps else 10
+    plan = make_plan(seeds[len(ctx.history) % len(seeds)], steps, ctx, stage="explore",
+                     rationale="why this run, and what its result will decide")
+    plan = plan.model_copy(update={"hypothesis": "what this run tests and the dev score change expected"})
+    return json.dumps(_keys_of(plan_schema(ctx.goal), plan.model_dump(mode="json")), separators=(", ", ": "))
+
+
+def _keys_of(schema: dict, value):
+    """`value` with only the keys the schema asks for (the loop sets `stage`; GRPO keys only for GRPO goals)."""
+    schema = next((s for s in schema.get("anyOf", []) if s.get("type") == "object"), schema)
+    if isinstance(value, dict) and "properties" in schema:
+        return {k: _keys_of(schema["properties"][k], v) for k, v in value.items() if k in schema["properties"]}
+    return value

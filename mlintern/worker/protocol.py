@@ -62,9 +62,16 @@ def worker_key() -> str:
     return h.hexdigest()[:16]
 
 
+# A Unix socket path holds at most 107 bytes; ours adds about 50 to the runtime dir.
+_MAX_RUNTIME_DIR = 56
+
+
 def runtime_dir() -> Path:
-    """Sockets and locks live on local disk (a Unix socket does not work on NFS), per user."""
+    """Sockets and locks live on local disk (a Unix socket does not work on NFS), per user. A
+    configured folder too deep for a socket path falls back to /tmp."""
     base = os.environ.get("INTERN_RUNTIME_DIR") or os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
     path = Path(base) / f"ml-intern-{os.getuid()}"
+    if len(str(path)) > _MAX_RUNTIME_DIR:
+        path = Path("/tmp") / f"ml-intern-{os.getuid()}"
     path.mkdir(mode=0o700, parents=True, exist_ok=True)
     return path
