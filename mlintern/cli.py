@@ -5,13 +5,16 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Optional
+from typing import TYPE_CHECKING, Optional
 
 import typer
 from pydantic import ValidationError
 from rich.console import Console
 
 from mlintern.settings import apply_env_defaults
+
+if TYPE_CHECKING:
+    from mlintern.schemas import Goal
 
 app = typer.Typer(add_completion=False, help="ml-intern: an autonomous post-training research agent.")
 console = Console(stderr=True)

@@ -19,7 +19,6 @@ from mlintern.planners.base import clamp_plan
 from mlintern.loop import LoopState
 from mlintern.planners.fallback import FallbackPlanner, take_transcript
 from mlintern.planners.llm import LLMPlanner, plan_schema
-from mlintern.planners.search import SearchPlanner
 from mlintern.prompts import PROMPT_DIR
 from mlintern.schemas import ExperimentPlan, Goal
 from mlintern.settings import get_settings

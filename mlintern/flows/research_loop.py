@@ -14,22 +14,22 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
 from prefect.cache_policies import NO_CACHE
 
-from mlintern.flows.experiment import experiment
 from mlintern.benchmarks import PreparedBenchmark
 from mlintern.budget import fmt_seconds
+from mlintern.flows.experiment import experiment
+from mlintern.ledger import GoalLedger
 from mlintern.llm import LLMBudgetExceeded, LLMError
 from mlintern.loop import LoopState
-from mlintern.planners import PlanRejected, make_planner
+from mlintern.planners import Planner, PlanRejected, make_planner
 from mlintern.planners.base import PlannerDone
+from mlintern.planners.fallback import take_transcript
 from mlintern.planners.multifidelity import fidelity_for
 from mlintern.progress import markdown_image, progress_png
-from mlintern.planners.fallback import take_transcript
 from mlintern.report import render_report
 from mlintern.retention import enforce as enforce_retention
-from mlintern.selection import beats, pooled
 from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Goal, LoopReport, PaperDigest, PlanningContext
+from mlintern.selection import beats, pooled
 from mlintern.settings import get_settings
-from mlintern.ledger import GoalLedger
 from mlintern.tasks.budget import budget_facts
 from mlintern.tasks.evaluate import evaluate, timed_evaluate
 from mlintern.tasks.literature import gather_literature
@@ -88,7 +88,7 @@ def base_score(ledger: GoalLedger, split: str, base_model: str, bench: PreparedB
     return ledger.record_baseline(split, evaluate(base_model, bench, split, ledger.goal.device))
 
 
-def run_loop(goal: Goal, planner, state: LoopState, bench: PreparedBenchmark, literature: list[PaperDigest],
+def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenchmark, literature: list[PaperDigest],
              base_model: str, ledger: GoalLedger) -> None:
     """Keep up to `parallel_experiments` experiments in flight (one where no experiment deployment
     dispatches them); plan the next one as soon as one finishes, until a stop reason holds."""
@@ -124,7 +124,7 @@ def _room(state: LoopState, in_flight: dict, width: int) -> bool:
     return len(in_flight) < (1 if state.pending_failure() else width)
 
 
-def next_plan(planner, state: LoopState, bench: PreparedBenchmark, literature: list[PaperDigest],
+def next_plan(planner: Planner, state: LoopState, bench: PreparedBenchmark, literature: list[PaperDigest],
               pending: list[ExperimentPlan], lanes: int = 1) -> ExperimentPlan | None:
     """The planner's next plan, or None (with the reason kept on the state) when there is none."""
     logger = get_run_logger()
@@ -165,7 +165,7 @@ def _runner(goal: Goal, plan: ExperimentPlan, state: LoopState, base_model: str,
 
 
 def finish(result: ExperimentResult, state: LoopState, bench: PreparedBenchmark, base_model: str,
-           ledger: GoalLedger, planner) -> None:
+           ledger: GoalLedger, planner: Planner) -> None:
     """Confirm a promising candidate, record the result, promote it if it won, publish progress."""
     if state.needs_confirmation(result) and bench.confirm_task:
         confirm(result, state, bench, base_model, ledger)
@@ -202,7 +202,7 @@ def confirm(result: ExperimentResult, state: LoopState, bench: PreparedBenchmark
     ledger.update(result)
 
 
-def publish_progress(state: LoopState, ledger: GoalLedger, planner) -> None:
+def publish_progress(state: LoopState, ledger: GoalLedger, planner: Planner) -> None:
     """After every experiment: the report so far (dev scores only; no held-out test until the end)
     and the progress chart, in MLflow and as Prefect artifacts, so a person can follow the loop
     while it runs."""
@@ -221,7 +221,7 @@ def publish_progress(state: LoopState, ledger: GoalLedger, planner) -> None:
     )
 
 
-def loop_report(state: LoopState, planner, reason: str, base_test: EvalScore | None = None,
+def loop_report(state: LoopState, planner: Planner, reason: str, base_test: EvalScore | None = None,
                 champion_test: EvalScore | None = None) -> LoopReport:
     goal, champion = state.goal, state.champion
     report = LoopReport(
@@ -249,7 +249,7 @@ def check_integrity(bench: PreparedBenchmark, fingerprint: str) -> None:
 
 
 def final_report(ledger: GoalLedger, state: LoopState, bench: PreparedBenchmark, base_model: str,
-                 planner, reason: str) -> LoopReport:
+                 planner: Planner, reason: str) -> LoopReport:
     """The held-out test set is touched here, once, for base and champion only."""
     goal = state.goal
     base_test = base_score(ledger, "test", base_model, bench)

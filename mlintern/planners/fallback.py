@@ -21,7 +21,7 @@ from mlintern.llm import LLMBudgetExceeded, LLMClient, LLMError, LLMTranscript, 
 from mlintern.planners.base import Planner, PlanRejected
 from mlintern.planners.llm import LLMPlanner
 from mlintern.planners.search import SearchPlanner
-from mlintern.schemas import ExperimentPlan, ExperimentResult, PlanningContext
+from mlintern.schemas import ExperimentPlan, PlanningContext
 
 _transcripts: dict[str, LLMTranscript] = {}
 _lock = threading.Lock()

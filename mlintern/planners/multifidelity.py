@@ -19,10 +19,11 @@ import logging
 from dataclasses import dataclass
 
 from mlintern.budget import Sizing, rung_seconds
+from mlintern.llm import LLMClient
 from mlintern.planners.base import Planner, PlannerDone, PlanRejected, validate_plan
 from mlintern.planners.rules import fix_plan
 from mlintern.planners.search import ConfigProposer, default_config, make_plan, plan_params
-from mlintern.schemas import ExperimentPlan, ExperimentResult, Fidelity, Goal, Hyperparameters, PlanningContext
+from mlintern.schemas import ExperimentPlan, ExperimentResult, Fidelity, Goal, PlanningContext
 
 log = logging.getLogger(__name__)
 SCALE_UP_MARGIN = 0.02  # of the whole budget, kept back for estimation error

@@ -27,7 +27,6 @@ def classify_text(text: str, *, exit_code: int | None = None) -> FailureKind:
 
 
 def classify(exc: BaseException | None, log_tail: str, *, exit_code: int | None = None) -> Failure:
-    text = (f"{type(exc).__name__}: {exc}\n" if exc else "") + log_tail
     kind = FailureKind.oom if exc is not None and "OutOfMemory" in type(exc).__name__ else None
     if kind is None and exc is not None and type(exc).__name__ == "DivergenceError":
         kind = FailureKind.nan
