@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import os
 import shutil
 from pathlib import Path
 from typing import Any
@@ -36,8 +37,33 @@ CHAMPION_ALIAS = "champion"
 
 def init_tracking() -> str:
     uri = get_settings().resolved_tracking_uri()
+    if uri.startswith("sqlite:///"):
+        create_sqlite_store(Path(uri[len("sqlite:///"):]))
     mlflow.set_tracking_uri(uri)
     return uri
+
+
+def create_sqlite_store(path: Path) -> None:
+    """Create a new SQLite tracking store all at once: MLflow's schema migrations run on a private
+    file that is linked into place only when complete. A process killed during MLflow's own
+    in-place creation left a half-migrated store (`table _alembic_tmp_model_versions already
+    exists`) that every later run failed on."""
+    if path.exists():
+        return
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.creating-{os.getpid()}")
+    tmp.unlink(missing_ok=True)
+    try:
+        store = SqlAlchemyStore(f"sqlite:///{tmp}", (path.parent / "mlartifacts").as_uri())
+        store.engine.dispose()
+        try:
+            os.link(tmp, path)  # atomic, and never over a store another process finished first
+        except FileExistsError:
+            pass
+    finally:
+        tmp.unlink(missing_ok=True)
 
 
 def experiment_name(goal: Goal) -> str:

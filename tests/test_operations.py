@@ -442,3 +442,32 @@ def test_gc_stops_a_temporary_server_whose_owner_was_killed(tmp_path):
         for pid in [owner.pid, locals().get("server")]:
             if pid and psutil.pid_exists(pid):
                 os.kill(pid, signal.SIGKILL)
+
+
+def test_a_new_sqlite_store_appears_whole_or_not_at_all(tmp_path, monkeypatch):
+    """MLflow migrates a new SQLite store in place; killed halfway, it left a store every later run
+    failed on (`_alembic_tmp_model_versions already exists`). Ours is built aside and linked in."""
+    import mlflow.store.tracking.sqlalchemy_store as sql_store
+
+    from mlintern.tracking import create_sqlite_store
+
+    db = tmp_path / "store" / "mlflow.db"
+    real = sql_store.SqlAlchemyStore
+
+    class DiesHalfway(real):
+        def __init__(self, uri, root):
+            super().__init__(uri, root)  # the schema is in the private file...
+            self.engine.dispose()
+            raise KeyboardInterrupt("killed")  # ...when the process goes
+
+    monkeypatch.setattr(sql_store, "SqlAlchemyStore", DiesHalfway)
+    with pytest.raises(KeyboardInterrupt):
+        create_sqlite_store(db)
+    assert not db.exists() and list(db.parent.iterdir()) == [], "nothing half-made is left in place"
+    monkeypatch.setattr(sql_store, "SqlAlchemyStore", real)
+    create_sqlite_store(db)
+    client = MlflowClient(f"sqlite:///{db}")
+    assert [e.name for e in client.search_experiments()] == ["Default"] and client.search_registered_models() == []
+    before = db.stat().st_mtime_ns
+    create_sqlite_store(db)  # an existing store is left alone
+    assert db.stat().st_mtime_ns == before
