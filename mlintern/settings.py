@@ -55,7 +55,11 @@ class Settings(BaseSettings):
     arxiv_url: str | None = None  # stand-in arXiv API (tests); None = export.arxiv.org
 
     def resolved_tracking_uri(self) -> str:
-        uri = os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri
+        """INTERN_TRACKING_URI when set, else MLFLOW_TRACKING_URI, else ./mlflow.db. Ours first:
+        mlflow.set_tracking_uri() writes MLFLOW_TRACKING_URI into the environment, so a process
+        that used another store passes it on to every child, which then wrote to the wrong store."""
+        explicit = "tracking_uri" in self.model_fields_set
+        uri = self.tracking_uri if explicit else (os.environ.get("MLFLOW_TRACKING_URI") or self.tracking_uri)
         if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
             uri = "sqlite:///" + str(Path(uri[len("sqlite:///"):]).resolve())
         return uri

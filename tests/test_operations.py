@@ -471,3 +471,20 @@ def test_a_new_sqlite_store_appears_whole_or_not_at_all(tmp_path, monkeypatch):
     before = db.stat().st_mtime_ns
     create_sqlite_store(db)  # an existing store is left alone
     assert db.stat().st_mtime_ns == before
+
+
+def test_our_tracking_uri_wins_over_the_one_mlflow_leaves_in_the_environment(monkeypatch, tmp_path):
+    """mlflow.set_tracking_uri() exports MLFLOW_TRACKING_URI; a child given INTERN_TRACKING_URI must
+    still write to that store (the crash-resume and wheel tests' controllers wrote to a store an
+    earlier test had used)."""
+    import mlflow
+
+    from mlintern.settings import Settings
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # restored, or removed, after the test
+    mlflow.set_tracking_uri(f"sqlite:///{tmp_path}/earlier.db")
+    assert os.environ["MLFLOW_TRACKING_URI"].endswith("earlier.db"), "what MLflow does to the environment"
+    monkeypatch.setenv("INTERN_TRACKING_URI", f"sqlite:///{tmp_path}/ours.db")
+    assert Settings().resolved_tracking_uri() == f"sqlite:///{tmp_path}/ours.db"
+    monkeypatch.delenv("INTERN_TRACKING_URI")
+    assert Settings().resolved_tracking_uri() == f"sqlite:///{tmp_path}/earlier.db", "MLflow's own variable next"
