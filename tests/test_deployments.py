@@ -194,10 +194,16 @@ def deployment(api: str, name: str) -> dict:
 
 
 def run_from_ui(api: str, deployment_id: str, parameters: dict) -> httpx.Response:
-    """What the UI's Run button posts."""
-    return httpx.post(f"{api}/deployments/{deployment_id}/create_flow_run",
-                      json={"parameters": parameters, "state": {"type": "SCHEDULED", "message": "Run from the UI"}},
-                      timeout=30)
+    """What the UI's Run button posts (and, like the UI, posts again while the server answers 503:
+    a SQLite-backed server busy with three workers starting answered one in CI)."""
+    for attempt in range(5):
+        r = httpx.post(f"{api}/deployments/{deployment_id}/create_flow_run",
+                       json={"parameters": parameters, "state": {"type": "SCHEDULED", "message": "Run from the UI"}},
+                       timeout=30)
+        if r.status_code != 503:
+            return r
+        time.sleep(2 * (attempt + 1))
+    return r
 
 
 def flow_runs(api: str, **flow_run_filter) -> list[dict]:
