@@ -21,6 +21,7 @@ from typing import Any, ClassVar
 import mlflow
 from mlflow.tracking import MlflowClient
 
+from mlintern.loop import LoopState
 from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Goal
 from mlintern.tracking import (
     CHAMPION_ALIAS,
@@ -186,6 +187,17 @@ class GoalLedger:
                 seen.add(result.plan_id)
                 history.append(result)
         return history
+
+    def replay(self) -> tuple[list[ExperimentResult], LoopState | None]:
+        """The history, and the loop state a resumed controller rebuilds from it (champion,
+        patience used); no state before the base model's dev score is recorded."""
+        history, baseline = self.history(), self.baseline("dev")
+        if baseline is None:
+            return history, None
+        state = LoopState(goal=self.goal, baseline=baseline)
+        for result in history:
+            state.record(result)
+        return history, state
 
     # ------------------------------------------------------------------ champion
     def register_champion(self, result: ExperimentResult) -> str:

@@ -314,17 +314,10 @@ def goals_in_store() -> list[tuple[Goal, str]]:
 def replay(goal: Goal, experiment_id: str) -> tuple[list[ExperimentResult], ExperimentResult | None]:
     """History and champion of a goal, as a resumed controller would rebuild them."""
     from mlintern.ledger import GoalLedger
-    from mlintern.loop import LoopState
     from mlintern.tracking import init_tracking
 
-    ledger = GoalLedger(goal, experiment_id, init_tracking())
-    history, baseline = ledger.history(), ledger.baseline("dev")
-    if baseline is None:
-        return history, None
-    state = LoopState(goal=goal, baseline=baseline)
-    for result in history:
-        state.record(result)
-    return history, state.champion
+    history, state = GoalLedger(goal, experiment_id, init_tracking()).replay()
+    return history, state.champion if state is not None else None
 
 
 def stale_partials(max_age_hours: float) -> list[Path]:

@@ -23,7 +23,6 @@ from prefect.cache_policies import NO_CACHE
 
 from mlintern.flows.research_loop import research_loop
 from mlintern.ledger import GoalLedger
-from mlintern.loop import LoopState
 from mlintern.schemas import Budget, Goal, LoopReport
 from mlintern.settings import get_settings
 from mlintern.tracking import registry_name
@@ -69,15 +68,11 @@ def carried_budget(goal: Goal, tonight: Budget) -> tuple[Budget, int]:
     """Budget and patience for `goal`: what its MLflow experiment already spent plus tonight's."""
     patience = goal.stop.patience
     ledger = GoalLedger.find(goal)
-    history = ledger.history() if ledger is not None else []
+    history, state = ledger.replay() if ledger is not None else ([], None)
     if not history:
         return tonight, patience
     hours = sum(r.accelerator_hours for r in history)
-    baseline = ledger.baseline("dev")
-    if baseline is not None:
-        state = LoopState(goal=goal, baseline=baseline)
-        for result in history:
-            state.record(result)
+    if state is not None:
         patience = min(100, state.since_improvement + goal.stop.patience)
     budget = Budget(
         max_experiments=min(500, len(history) + tonight.max_experiments),
