@@ -71,7 +71,14 @@ def main() -> None:
             fixed = wall - out.train_loop_seconds - out.eval_seconds
             rows[mode].append({"job": i, "status": out.status, "wall_s": round(wall, 3),
                                "loop_s": round(out.train_loop_seconds, 3), "eval_s": round(out.eval_seconds, 3),
-                               "fixed_s": round(fixed, 3), "dev": out.dev.value if out.dev else None})
+                               "fixed_s": round(fixed, 3), "dev": out.dev.value if out.dev else None,
+                               # where the fixed cost goes: inside the job (load, trainer build, the part of
+                               # trainer.train() outside the optimizer loop and dev checks, save), and outside
+                               # it (dispatch, process start or socket, the task's MLflow logging)
+                               "phases": out.phases,
+                               "in_train_call_s": round(out.phases.get("train_call", 0) - out.train_loop_seconds
+                                                        - (out.eval_seconds - out.phases.get("final_eval", 0)), 3),
+                               "outside_job_s": round(wall - out.train_seconds, 3)})
             print(mode, rows[mode][-1], flush=True)
     steady = [r["fixed_s"] for r in rows["persistent"][1:]]
     fresh = [r["fixed_s"] for r in rows["fresh"]]

@@ -51,3 +51,7 @@ class TrainOutcome(BaseModel):
     pruned_at: float | None = None
     stopped_by_time_limit: bool = False
     failure: Failure | None = None
+    phases: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds per phase inside the job (load, build, train_call, final_eval, save): where a "
+        "job's fixed cost goes (bench/worker_overhead.py reports it).")

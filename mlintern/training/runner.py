@@ -195,7 +195,9 @@ def run(job: TrainJob, faults: dict | None = None, cache=None) -> TrainOutcome:
     # GRPO's loss starts near 0 (it is KL-dominated), so only NaN/inf count as divergence there.
     guard = DivergenceGuard(factor=math.inf) if job.plan.method == Method.grpo else DivergenceGuard()
     start = time.time()
+    phases: dict[str, float] = {}
     model, tokenizer = load_for_training(job.model_path, attn_implementation(job), cache)
+    phases["load"] = time.time() - start
     holder: dict = {}
 
     def score_dev(rung: bool):
@@ -207,9 +209,13 @@ def run(job: TrainJob, faults: dict | None = None, cache=None) -> TrainOutcome:
     eps = hp.per_device_batch_size * hp.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", "1"))
     fidelity = FidelityCallback(job.fidelity, score_dev if job.evaluation else None, eps, _curve_logger(job))
     callbacks = [guard, fidelity] + ([FaultInjector(faults, job)] if faults else [])
+    mark = time.time()
     trainer = build_trainer(job, callbacks, model, tokenizer)
     holder["trainer"] = trainer
+    phases["build"] = time.time() - mark
+    mark = time.time()
     result = trainer.train()
+    phases["train_call"] = time.time() - mark
     loop_seconds = fidelity.train_clock()
     if guard.reason:
         raise DivergenceError(f"training stopped early: {guard.reason}")
@@ -222,18 +228,23 @@ def run(job: TrainJob, faults: dict | None = None, cache=None) -> TrainOutcome:
         warmup_seconds=fidelity.warmup_seconds,
     )
     if outcome.status == "succeeded":
+        mark = time.time()
         if job.evaluation is not None:
             if fidelity.last_eval_step != steps:
                 fidelity.check(steps, None)
             outcome.dev = fidelity.last_score
+        phases["final_eval"] = time.time() - mark
+        mark = time.time()
         out = Path(job.output_dir) / "model"
         save_model(trainer, out, faults)
         outcome.model_path = str(out)
+        phases["save"] = time.time() - mark
     elif fidelity.last_score is not None:
         outcome.dev = fidelity.last_score  # the pruned trial's last rung
     outcome.curve = fidelity.curve
     outcome.eval_seconds = fidelity.eval_seconds
     outcome.train_seconds = time.time() - start
+    outcome.phases = {k: round(v, 3) for k, v in phases.items()}
     return outcome
 
 
