@@ -215,3 +215,26 @@ def test_dry_run_lists_the_sizes_for_the_readme_example():
     assert "trial 1 (the defaults: lr 5e-05, batch 8)" in text and "Scale-up" in text and "packed" in text
     used = float(text.split("Budget used in this dry run: ")[1].split(" of")[0])
     assert 0.9 * 36000 <= used <= 36000
+
+
+def test_exploration_that_cannot_rank_configurations_ends_early_and_the_budget_goes_to_the_scale_up():
+    """arith_hard on the H200 (bench/RESULTS.md part 8a): every 9 s trial scored dev 0.001-0.014, and five
+    of them cost the loop a third of its budget. Three trials within noise of each other end exploring."""
+    goal = gpu_goal(300)
+    planner = MultiFidelityPlanner()
+    history, champion = [], None
+    for value in (0.004, 0.006, 0.011):
+        plan = planner.propose(ctx(goal, history, champion=champion))
+        assert plan.stage == "explore"
+        result = simulated(plan, value)
+        result.dev = EvalScore(task="dev", metric="score", value=value, stderr=0.006, n=300)
+        history.append(result)
+        champion = champion or result
+    plan = planner.propose(ctx(goal, history, champion=champion))
+    used = sum(r.accelerator_hours for r in history) * 3600
+    assert used < 0.35 * 300, "stopped exploring before its share of the budget was spent"
+    assert plan.stage == "scale_up", "no signal at this trial length: the rest goes to one long run"
+
+    # the same three trials with a real difference between them keep exploring
+    history[2].dev = EvalScore(task="dev", metric="score", value=0.30, stderr=0.026, n=300)
+    assert planner.propose(ctx(goal, history, champion=history[2])).stage == "explore"

@@ -24,10 +24,12 @@ from mlintern.planners.base import Planner, PlannerDone, PlanRejected, validate_
 from mlintern.planners.rules import fix_plan
 from mlintern.planners.search import ConfigProposer, default_config, make_plan, plan_params
 from mlintern.schemas import ExperimentPlan, ExperimentResult, Fidelity, Goal, PlanningContext
+from mlintern.selection import beats
 
 log = logging.getLogger(__name__)
 SCALE_UP_MARGIN = 0.02  # of the whole budget, kept back for estimation error
-FAST_PATH_MIN_S = 600.0  # runs this long repay flex attention's compile (bench/RESULTS.md part 1)
+FAST_PATH_MIN_S = 600.0
+NO_SIGNAL_TRIALS = 3  # finished exploration trials before "no signal" can end the exploration  # runs this long repay flex attention's compile (bench/RESULTS.md part 1)
 
 
 @dataclass
@@ -64,7 +66,8 @@ class MultiFidelityPlanner:
         pending = sum(sz.plan_job_seconds(p) for p in ctx.pending)
         spent = sz.used_s + pending
         return (spent < goal.schedule.explore_fraction * sz.budget_s and ctx.experiments_left - len(ctx.pending) > 1
-                and not (goal.target_score is not None and _best(ctx) >= goal.target_score))
+                and not (goal.target_score is not None and _best(ctx) >= goal.target_score)
+                and not no_signal(ctx))
 
     def _explore(self, ctx: PlanningContext, sz: Sizing) -> ExperimentPlan:
         trials = [r for r in ctx.history if r.plan.stage == "explore"]
@@ -168,6 +171,24 @@ def fast_path(plan: ExperimentPlan, ctx: PlanningContext, sz: Sizing, job_s: flo
     return plan.model_copy(update={"hyperparameters": packed, "dataset": dataset, "rationale": plan.rationale + (
         f" Long run: packed rows ({rows_per_step} x {hp.max_length} tokens, about {hp.per_device_batch_size} "
         "examples a step), flex attention and Liger.")})
+
+
+def no_signal(ctx: PlanningContext) -> bool:
+    """Exploration at this trial length cannot rank configurations: after NO_SIGNAL_TRIALS finished
+    trials, the best one's dev score does not beat the worst one's beyond evaluation noise (the
+    goal's noise_z). More trials of the same length would be ranked by noise, so the rest of the
+    budget goes to the scale-up. Measured on arith_hard at 300 GPU-s (bench/RESULTS.md part 8a):
+    five 9-second trials all scored dev 0.001-0.014, and exploring cost the loop a third of its budget."""
+    trials = [r for r in ctx.history if r.plan.stage == "explore" and r.status != "failed" and r.dev is not None]
+    if len(trials) < NO_SIGNAL_TRIALS:
+        return False
+    best = max(trials, key=lambda r: r.dev.value).dev
+    worst = min(trials, key=lambda r: r.dev.value).dev
+    if beats(best, worst, ctx.goal.stop.noise_z):
+        return False
+    log.info("exploration has no signal: %d trials scored dev %.4f-%.4f, within noise of each other; scaling up",
+             len(trials), worst.value, best.value)
+    return True
 
 
 def fidelity_for(plan: ExperimentPlan, goal: Goal, sz: Sizing, history: list[ExperimentResult],
