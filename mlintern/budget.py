@@ -28,6 +28,8 @@ from mlintern.schemas.sizing import (  # noqa: F401  (re-exported: mlintern.budg
     GPU_EFFECTIVE_FLOPS,
     GPU_STEP_OVERHEAD_S,
     METHOD_COST,
+    PACE_AT_STEP,
+    PACE_HEADROOM,
     WARMUP_STEPS,
     Sizing,
     Throughput,

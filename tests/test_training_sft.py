@@ -23,7 +23,7 @@ def sft_rows(path, n=16):
     return str(path)
 
 
-def run_job(tmp_path, monkeypatch, smol_model, faults=None, **hp):
+def run_job(tmp_path, monkeypatch, smol_model, faults=None, fidelity=None, **hp):
     client = MlflowClient()
     exp = client.create_experiment(f"t-{tmp_path.name}")
     run_id = client.create_run(exp).info.run_id
@@ -31,7 +31,7 @@ def run_job(tmp_path, monkeypatch, smol_model, faults=None, **hp):
     plan = ExperimentPlan(hyperparameters={"max_steps": 2, "per_device_batch_size": 2, "max_length": 64,
                                            "learning_rate": 1e-4, **hp})
     job = TrainJob(plan=plan, model_path=smol_model, data_path=sft_rows(tmp_path / "train.jsonl"),
-                   output_dir=str(tmp_path / "out"), device="cpu")
+                   output_dir=str(tmp_path / "out"), device="cpu", fidelity=fidelity or {})
     (tmp_path / "job.json").write_text(job.model_dump_json())
     code = runner_main([str(tmp_path / "job.json"), str(tmp_path / "outcome.json"), json.dumps(faults or {})])
     outcome = json.loads((tmp_path / "outcome.json").read_text())
@@ -77,3 +77,20 @@ def test_sft_with_packing_trains(intern_env, monkeypatch, smol_model):
     code, outcome, run, client = run_job(intern_env, monkeypatch, smol_model, packing=True, max_steps=1)
     assert code == 0 and outcome["status"] == "succeeded", outcome
     assert run.data.params.get("packing") == "True"
+
+
+@pytest.mark.parametrize("target_s,bound,expected", [(0.001, 200, 31), (1e6, 40, 40)], ids=["shorter", "longer"])
+def test_a_paced_run_retimes_its_steps_and_its_learning_rate_decay(intern_env, monkeypatch, smol_model,
+                                                                  target_s, bound, expected):
+    """A run sized from a throughput estimate re-times itself after PACE_AT_STEP (30) steps: the steps that fit
+    its target training time (within its bound), with the cosine decay ending there. On the H200 a 0.25 s/step
+    estimate against 0.14 s measured ended a scale-up at half its budget (bench/RESULTS.md part 8a)."""
+    code, outcome, run, client = run_job(
+        intern_env, monkeypatch, smol_model, max_steps=35, per_device_batch_size=1, max_length=48,
+        fidelity={"target_train_s": target_s, "max_steps_bound": bound})
+    assert code == 0 and outcome["status"] == "succeeded", outcome
+    assert outcome["steps"] == expected, "too short a target: stop just after re-timing; too long: run to the bound"
+    lrs = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "learning_rate")}
+    assert lrs[expected] < 1e-6, "the cosine decay ends at the re-timed last step"
+    assert lrs[20] == pytest.approx(1e-4 * 0.5 * (1 + math.cos(math.pi * 19 / bound)), rel=0.01), \
+        "before re-timing, the cosine schedule of the bound (step k trains at the rate of step k - 1)"

@@ -18,11 +18,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from mlintern.budget import Sizing, rung_seconds
+from mlintern.budget import PACE_AT_STEP, PACE_HEADROOM, Sizing, rung_seconds
 from mlintern.llm import LLMClient
 from mlintern.planners.base import Planner, PlannerDone, PlanRejected, validate_plan
 from mlintern.planners.rules import fix_plan
-from mlintern.planners.search import ConfigProposer, default_config, make_plan, plan_params
+from mlintern.planners.search import ConfigProposer, default_config, make_plan, paced_steps, plan_params
 from mlintern.schemas import ExperimentPlan, ExperimentResult, Fidelity, Goal, PlanningContext
 from mlintern.selection import beats
 
@@ -130,7 +130,7 @@ class MultiFidelityPlanner:
             raise PlannerDone(f"budget spent: {sz.used_s:.0f} of {sz.budget_s:.0f} accelerator-seconds used "
                               f"({sz.used_s / sz.budget_s:.0%})")
         segment = 1 + sum(r.plan.stage == "scale_up" for r in ctx.history) + sum(p.stage == "scale_up" for p in ctx.pending)
-        rows = max(8, int(steps * eps))
+        rows = max(8, int(paced_steps("scale_up", steps) * eps))
         if ctx.goal.search_space.num_examples is not None:
             rows = min(max(rows, ctx.goal.search_space.num_examples[0]), ctx.goal.search_space.num_examples[1])
         sized = plan.model_copy(update={
@@ -167,7 +167,7 @@ def fast_path(plan: ExperimentPlan, ctx: PlanningContext, sz: Sizing, job_s: flo
     packed = hp.model_copy(update={"packing": True, "per_device_batch_size": rows_per_step})
     eps = sz.throughput.examples_per_step(packed)
     packed.max_steps = sz.steps_for_job(job_s, eps, plan.method)
-    dataset = plan.dataset.model_copy(update={"num_examples": max(8, int(packed.max_steps * eps))})
+    dataset = plan.dataset.model_copy(update={"num_examples": max(8, int(paced_steps(plan.stage, packed.max_steps) * eps))})
     return plan.model_copy(update={"hyperparameters": packed, "dataset": dataset, "rationale": plan.rationale + (
         f" Long run: packed rows ({rows_per_step} x {hp.max_length} tokens, about {hp.per_device_batch_size} "
         "examples a step), flex attention and Liger.")})
@@ -198,11 +198,21 @@ def fidelity_for(plan: ExperimentPlan, goal: Goal, sz: Sizing, history: list[Exp
     can compare); every run gets a time cap that keeps it inside what is left of the budget."""
     cap = max(1.0, sz.train_seconds_for_job(sz.left_s))  # never train past what is left of the budget
     if plan.stage != "explore":
-        return Fidelity(time_limit_s=cap)
+        return Fidelity(time_limit_s=cap, **pacing(plan, sz, cap))
     peers = [{p.rung: p.value for p in r.curve if p.rung is not None}
              for r in history if r.plan.stage == "explore" and r.status != "failed"]
     return Fidelity(time_limit_s=cap, rung_seconds=rungs, reduction_factor=goal.schedule.reduction_factor,
                     rung_dev_items=goal.schedule.rung_dev_items, peers=[p for p in peers if p])
+
+
+def pacing(plan: ExperimentPlan, sz: Sizing, cap: float) -> dict:
+    """A run long enough to measure itself is paced to the training time it was sized for (at most the
+    cap), with room to run PACE_HEADROOM times its planned steps if the throughput estimate was slow."""
+    hp = plan.hyperparameters
+    if hp.max_steps < 2 * PACE_AT_STEP:
+        return {}
+    target = min(cap, sz.throughput.train_seconds(hp.max_steps, sz.throughput.examples_per_step(hp), plan.method))
+    return {"target_train_s": round(target, 3), "max_steps_bound": int(hp.max_steps * PACE_HEADROOM)}
 
 
 def _lane_share(ctx: PlanningContext, sz: Sizing, running: int) -> float:

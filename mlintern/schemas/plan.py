@@ -165,6 +165,13 @@ class Fidelity(_Model):
 
     time_limit_s: float | None = Field(
         None, description="Stop training when the training clock passes this (the budget guard).")
+    target_train_s: float | None = Field(
+        None, description="Paced run: the training-clock seconds it was sized for. After its first steps the run "
+        "re-times its step count (and its learning-rate decay with it) from its measured step time, so the decay "
+        "ends at this time: a throughput estimate that was off neither ends the run early nor cuts it mid-decay.")
+    max_steps_bound: int | None = Field(
+        None, description="Paced run: the most optimizer steps it may re-time to (the plan's max_steps times "
+        "the pacing headroom).")
     rung_seconds: list[float] = Field(
         default_factory=list, description="Dev checks at these training-clock seconds (successive-halving rungs).")
     reduction_factor: int = Field(3, description="Successive-halving reduction factor (eta) of the pruner.")

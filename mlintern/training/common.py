@@ -24,7 +24,7 @@ def base_args(job: TrainJob) -> dict:
     on_gpu = resolve_device(job.device) == "cuda"
     return dict(
         output_dir=job.output_dir,
-        max_steps=hp.max_steps,
+        max_steps=job.fidelity.max_steps_bound or hp.max_steps,  # a paced run re-times below its bound
         per_device_train_batch_size=hp.per_device_batch_size,
         gradient_accumulation_steps=hp.gradient_accumulation_steps,
         learning_rate=hp.learning_rate,

@@ -9,11 +9,14 @@ reported at step eta**k (the resource in units of the first rung), so Optuna's o
 (`min_resource=1`) matches the schedule. The study is rebuilt in memory from the peers' values, so
 no shared Optuna storage is needed and a job runs the same on any host.
 
-The same callback enforces the run's training-time cap (the budget guard).
+The same callback enforces the run's training-time cap (the budget guard), and paces a long run:
+after PACE_AT_STEP steps it re-times the run's step count from its measured step time so that the
+learning-rate decay ends at the time the run was sized for (`Fidelity.target_train_s`).
 """
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable
@@ -23,7 +26,7 @@ from optuna.distributions import FloatDistribution
 from optuna.trial import TrialState
 from transformers import TrainerCallback
 
-from mlintern.budget import WARMUP_STEPS
+from mlintern.budget import PACE_AT_STEP, WARMUP_STEPS
 from mlintern.schemas import CurvePoint, EvalScore, Fidelity
 
 log = logging.getLogger(__name__)
@@ -66,6 +69,7 @@ class FidelityCallback(TrainerCallback):
         self.last_eval_step: int | None = None
         self.last_score: EvalScore | None = None
         self.warmup_seconds: float | None = None  # training clock when WARMUP_STEPS were done
+        self.paced_steps: int | None = None  # the step count a paced run re-timed itself to
 
     def train_clock(self) -> float:
         """Seconds of training so far, dev checks excluded."""
@@ -110,9 +114,40 @@ class FidelityCallback(TrainerCallback):
                 control.should_training_stop = True  # the trial's last rung: it has had its budget
                 if self.fidelity.rung_dev_items:
                     self.last_eval_step = None  # the final score is taken on the whole dev set
+        if self.fidelity.target_train_s and state.global_step == PACE_AT_STEP and self.warmup_seconds is not None:
+            self.pace(state, clock, kwargs.get("lr_scheduler"))
+        if self.paced_steps is not None and state.global_step >= self.paced_steps:
+            control.should_training_stop = True
         cap = self.fidelity.time_limit_s
         if cap is not None and clock >= cap and not control.should_training_stop:
             self.time_capped = True
             control.should_training_stop = True
             log.info("training stopped by its time cap (%.1f s >= %.1f s)", clock, cap)
         return control
+
+    def pace(self, state, clock: float, scheduler) -> None:
+        """Re-time the run: the steps that fit its target training time at the measured step time
+        (between this step and its bound), with the learning-rate decay ending there."""
+        step_s = (clock - self.warmup_seconds) / (state.global_step - WARMUP_STEPS)
+        fit = state.global_step + int((self.fidelity.target_train_s - clock) / max(step_s, 1e-6))
+        self.paced_steps = max(state.global_step + 1, min(state.max_steps, fit))
+        retimed = retime_schedule(scheduler, self.paced_steps)
+        log.info("paced: %.3f s/step measured, %d steps fit %.0f s of training (bound %d)%s", step_s,
+                 self.paced_steps, self.fidelity.target_train_s, state.max_steps,
+                 "" if retimed else "; the learning-rate schedule could not be re-timed")
+
+
+def retime_schedule(scheduler, total_steps: int) -> bool:
+    """Make a transformers LambdaLR schedule (cosine, linear, ...; accelerate may wrap it) decay to its end
+    at `total_steps` instead of the step count it was built for. False if it is not one it can re-time."""
+    sched = getattr(scheduler, "scheduler", scheduler)
+    lambdas = getattr(sched, "lr_lambdas", None)
+    if not lambdas or not all(isinstance(f, functools.partial) for f in lambdas):
+        return False
+    sched.lr_lambdas = [functools.partial(f.func, *f.args, **{**f.keywords, "num_training_steps": total_steps})
+                        if "num_training_steps" in f.keywords else f for f in lambdas]
+    # the next step's rate was set by the old schedule: set it from the new one
+    for group, base, f in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
+        group["lr"] = base * f(sched.last_epoch)
+    sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
+    return True
