@@ -6,8 +6,9 @@
    inside the training job (mlintern.training.pruning), stops a trial at a rung unless it is in the
    top 1/eta of the trials that reached that rung, so most trials cost R/eta**(rungs-1).
 2. Scale up (the rest): the champion (the best configuration, beyond evaluation noise) is continued
-   on fresh rows with everything that is left, in one run; if measurement error leaves budget over,
-   another continuation follows, until what is left cannot fund an experiment.
+   on fresh rows with everything that is left, in one run (or `schedule.scale_up_lanes` parallel
+   ones); if measurement error leaves budget over, another continuation follows, until what is left
+   cannot fund an experiment.
 
 Nothing here writes a scheduler: the promotion decision is Optuna's pruner, the configurations are
 Optuna's sampler (or the LLM); this module only decides which phase the budget is in and sizes plans.
@@ -86,10 +87,11 @@ class MultiFidelityPlanner:
         return validate_plan(plan, ctx)
 
     def _scale_up(self, ctx: PlanningContext, sz: Sizing) -> ExperimentPlan:
-        """Continue the champion with everything that is left (minus a small margin). With several free
-        GPUs, what is left is split among that many continuations, each with another explored
-        configuration's learning rate and batch (the best first), and the best one wins. An LLM
-        proposer plans the content of the run; its size is the schedule's."""
+        """Continue the champion with everything that is left (minus a small margin). With several
+        scale-up lanes (`schedule.scale_up_lanes`, default 1) on free GPUs, what is left is split among
+        that many continuations, each with another explored configuration's learning rate and batch
+        (the best first), and the best one wins. An LLM proposer plans the content of the run; its size
+        is the schedule's."""
         if self.proposer is not None:
             return self._llm_scale_up(ctx, sz)
         champion = ctx.champion
@@ -217,9 +219,10 @@ def pacing(plan: ExperimentPlan, sz: Sizing, cap: float) -> dict:
 
 def _lane_share(ctx: PlanningContext, sz: Sizing, running: int) -> float:
     """Accelerator seconds for the next scale-up: what is left (running experiments counted at their
-    predicted cost), minus a margin, divided among the lanes that have no scale-up yet, so every
-    GPU trains until the budget is spent instead of one long run while the others idle."""
-    return (sz.left_s - SCALE_UP_MARGIN * sz.budget_s) / max(1, ctx.lanes - running)
+    predicted cost), minus a margin, divided among the scale-up lanes that have no run yet
+    (`schedule.scale_up_lanes` of the GPUs; by default one chain, the others idle once exploring is done)."""
+    lanes = min(ctx.lanes, ctx.goal.schedule.scale_up_lanes)
+    return (sz.left_s - SCALE_UP_MARGIN * sz.budget_s) / max(1, lanes - running)
 
 
 def _default_batch(ctx: PlanningContext) -> int:

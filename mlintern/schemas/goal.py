@@ -168,6 +168,12 @@ class Schedule(_Model):
         0.025, ge=0, le=0.5,
         description="...nor before this share of the whole budget has been trained: earlier checks score every "
         "configuration at noise level (measured: 6-15 steps on SmolLM2 left all of them near the base score).")
+    scale_up_lanes: int = Field(
+        1, ge=1, le=64,
+        description="With several experiments in flight (parallel_experiments), how many scale-up runs share what "
+        "exploration left. 1: one chain continuing the champion, the deepest model a budget of GPU-seconds buys "
+        "(on 4 x H200, splitting 300 s four ways lowered held-out from 0.994 to 0.746); more: shorter parallel "
+        "continuations that finish sooner in wall-clock time.")
     rung_dev_items: int | None = Field(
         100, ge=5, description="Dev items scored at a rung (the first N; the final check scores the whole dev set). "
         "None: all of them.")
