@@ -29,8 +29,8 @@ from mlintern.selection import beats
 
 log = logging.getLogger(__name__)
 SCALE_UP_MARGIN = 0.02  # of the whole budget, kept back for estimation error
-FAST_PATH_MIN_S = 600.0
-NO_SIGNAL_TRIALS = 3  # finished exploration trials before "no signal" can end the exploration  # runs this long repay flex attention's compile (bench/RESULTS.md part 1)
+FAST_PATH_MIN_S = 600.0  # runs this long repay flex attention's compile (bench/RESULTS.md part 1)
+NO_SIGNAL_TRIALS = 3  # finished exploration trials before "no signal" can end the exploration
 
 
 @dataclass
