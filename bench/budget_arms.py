@@ -56,6 +56,11 @@ def sample_gpus(path: Path, stop: threading.Event) -> None:
         proc.terminate()
 
 
+def lora_enabled(hp: dict) -> bool:
+    """LoRA on or off, in a report of either plan layout (flat `lora: bool`, or the `lora` group)."""
+    return hp["lora"]["enabled"] if isinstance(hp["lora"], dict) else bool(hp["lora"])
+
+
 def summary(name: str, arm: str, seed: int, budget: int, report: dict, wall: float, gpu: str) -> dict:
     exps = report.get("experiments", [])
     base, champ = report.get("baseline_test") or {}, report.get("champion_test") or report.get("baseline_test") or {}
@@ -70,7 +75,7 @@ def summary(name: str, arm: str, seed: int, budget: int, report: dict, wall: flo
         "throughput": report.get("throughput"), "wall_s": round(wall, 1),
         "runs": [{"stage": e["plan"]["stage"], "status": e["status"], "steps": e["steps"],
                   "batch": e["plan"]["hyperparameters"]["per_device_batch_size"],
-                  "lr": e["plan"]["hyperparameters"]["learning_rate"], "lora": e["plan"]["hyperparameters"]["lora"],
+                  "lr": e["plan"]["hyperparameters"]["learning_rate"], "lora": lora_enabled(e["plan"]["hyperparameters"]),
                   "init": e["plan"]["init_from"], "dev": (e.get("dev") or {}).get("value"),
                   "accel_s": round(e["accelerator_hours"] * 3600, 2), "job_s": round(e["job_seconds"], 2),
                   "loop_s": round(e["train_loop_seconds"], 2), "eval_s": round(e["eval_seconds"], 2)}

@@ -197,7 +197,7 @@ class Lab:
         self.cache[key] = result
         hp = plan.hyperparameters
         print(f"  [{tag}] {plan.plan_id()} {result.status} lr={hp.learning_rate:.2e} steps={hp.max_steps} "
-              f"bs={hp.per_device_batch_size} lora={hp.lora} n={plan.dataset.num_examples} init={rec['init']} "
+              f"bs={hp.per_device_batch_size} lora={hp.lora.enabled} n={plan.dataset.num_examples} init={rec['init']} "
               f"dev={rec['dev']} loss={result.train_loss} acc_s={result.accelerator_hours * 3600:.1f} "
               f"wall={rec['t_end'] - rec['t_start']:.1f}s", flush=True)
         return result

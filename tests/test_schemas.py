@@ -113,3 +113,30 @@ def test_schemas_import_only_schemas():
         tree = ast.parse(path.read_text())
         imported = [n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom) and n.module]
         assert [m for m in imported if m.startswith("mlintern") and not m.startswith("mlintern.schemas")] == [], path
+
+
+@pytest.mark.parametrize("flat,plan_id", [
+    ({}, "e0ae5366016371fd"),
+    ({"method": "dpo", "hyperparameters": {"beta": 0.3, "lora": True, "lora_r": 8, "learning_rate": 1e-5}},
+     "25eb5e9e145efbb5"),
+    ({"method": "grpo", "hyperparameters": {"beta": 0.0, "num_generations": 8, "max_completion_length": 64,
+                                            "per_device_batch_size": 8}}, "4a950b56f739ab8f"),
+    ({"hyperparameters": {"lora": True, "lora_alpha": 64, "max_steps": 500}, "init_from": "base", "stage": "scale_up"},
+     "4a7df4f7017f89a0"),
+], ids=["defaults", "dpo-lora", "grpo", "lora-scale-up"])
+def test_method_knobs_sit_in_their_groups_and_plans_stored_flat_keep_their_ids(flat, plan_id):
+    """The ids are those the flat layout (before the lora/dpo/grpo groups) gave these plans: a goal's
+    stored experiments are still recognised, so no plan runs twice across the upgrade."""
+    plan = ExperimentPlan.model_validate(flat)
+    assert plan.plan_id() == plan_id
+    hp = flat.get("hyperparameters", {})
+    assert plan.hyperparameters.lora.enabled is hp.get("lora", False)
+    assert plan.hyperparameters.lora.r == hp.get("lora_r", 16) and plan.hyperparameters.lora.alpha == hp.get("lora_alpha", 32)
+    if plan.method == Method.grpo:
+        assert (plan.hyperparameters.grpo.beta, plan.hyperparameters.grpo.num_generations) == (0.0, 8)
+    if plan.method == Method.dpo:
+        assert plan.hyperparameters.dpo.beta == 0.3
+    grouped = ExperimentPlan.model_validate_json(plan.model_dump_json())
+    assert grouped == plan and grouped.plan_id() == plan_id
+    assert not {"lora_r", "beta", "num_generations"} & plan.hyperparameters.model_dump().keys()
+

@@ -48,13 +48,13 @@ def plan_exclusions(goal: Goal) -> tuple[str, ...]:
     methods = set(space.methods)
     out = list(PLAN_EXCLUDE)
     if True not in space.lora_choices:
-        out += ["hyperparameters.lora_r", "hyperparameters.lora_alpha"]
+        out.append("hyperparameters.lora")
     if Method.sft not in methods:
         out.append("hyperparameters.packing")
-    if not methods & {Method.dpo, Method.grpo}:
-        out.append("hyperparameters.beta")
+    if Method.dpo not in methods:
+        out.append("hyperparameters.dpo")
     if Method.grpo not in methods:
-        out += ["hyperparameters.num_generations", "hyperparameters.max_completion_length", "reward_code"]
+        out += ["hyperparameters.grpo", "reward_code"]
     return tuple(out)
 
 

@@ -161,7 +161,7 @@ def fast_path(plan: ExperimentPlan, ctx: PlanningContext, sz: Sizing, job_s: flo
     (examples per step, learning rate) stays what the exploration chose."""
     hp = plan.hyperparameters
     long_run = sz.throughput.train_seconds(hp.max_steps, sz.throughput.examples_per_step(hp), plan.method) >= FAST_PATH_MIN_S
-    if not (ctx.on_gpu and long_run and plan.method.value == "sft" and not hp.lora and not hp.packing
+    if not (ctx.on_gpu and long_run and plan.method.value == "sft" and not hp.lora.enabled and not hp.packing
             and ctx.goal.search_space.batch_sizes is None):
         return plan
     rows_per_step = max(1, round(hp.per_device_batch_size * min(sz.throughput.tokens_per_example, hp.max_length)

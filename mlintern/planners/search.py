@@ -45,7 +45,7 @@ def config_distributions(space: SearchSpace, batch_sizes: list[int]) -> dict[str
 
 def plan_params(plan: ExperimentPlan) -> dict:
     hp = plan.hyperparameters
-    return {"method": plan.method.value, "lora": hp.lora, "learning_rate": hp.learning_rate,
+    return {"method": plan.method.value, "lora": hp.lora.enabled, "learning_rate": hp.learning_rate,
             "batch_size": hp.per_device_batch_size}
 
 
@@ -80,13 +80,14 @@ def make_plan(params: dict, steps: int, ctx: PlanningContext, *, stage: str, ini
               base: Hyperparameters | None = None) -> ExperimentPlan:
     method = Method(params["method"])
     batch = params["batch_size"]
-    hp = (base or Hyperparameters()).model_copy(update={
+    hp = (base or Hyperparameters()).model_copy(deep=True, update={
         "learning_rate": params["learning_rate"], "max_steps": max(1, steps), "per_device_batch_size": batch,
-        "gradient_accumulation_steps": 1, "lora": params["lora"], "max_length": ctx.goal.search_space.max_length,
+        "gradient_accumulation_steps": 1, "max_length": ctx.goal.search_space.max_length,
         "lr_scheduler": lr_scheduler,
     })
+    hp.lora.enabled = params["lora"]
     if method == Method.grpo:
-        hp.num_generations = 4 if batch % 4 == 0 else 2
+        hp.grpo.num_generations = 4 if batch % 4 == 0 else 2
     space = ctx.goal.search_space
     rows = fresh_rows(paced_steps(stage, hp.max_steps), batch * hp.gradient_accumulation_steps)
     if space.num_examples is not None:

@@ -10,7 +10,7 @@ descriptions in its JSON schema, users read the goal's in `ml-intern budget` and
 Modules, by concern (import from `mlintern.schemas`; the split is an implementation detail):
 
 - `goal`: Goal, Budget, StopRule, BenchmarkSpec, SearchSpace, Schedule, Retention
-- `plan`: ExperimentPlan, DatasetRecipe, Hyperparameters, Fidelity
+- `plan`: ExperimentPlan, DatasetRecipe, Hyperparameters (with LoraSettings, DPOSettings, GRPOSettings), Fidelity
 - `results`: EvalScore, Failure, FailureKind, CurvePoint, ExperimentResult, LoopReport
 - `sizing`: Throughput, Sizing (the cost model's types and its prior)
 - `context`: PlanningContext, PaperDigest (what planners see)
@@ -18,7 +18,9 @@ Modules, by concern (import from `mlintern.schemas`; the split is an implementat
 
 from mlintern.schemas.common import BUILTIN_BASE_MODEL, Method
 from mlintern.schemas.goal import BenchmarkSpec, Budget, Goal, Retention, Schedule, SearchSpace, StopRule
-from mlintern.schemas.plan import DatasetRecipe, ExperimentPlan, Fidelity, Hyperparameters
+from mlintern.schemas.plan import (
+    DatasetRecipe, DPOSettings, ExperimentPlan, Fidelity, GRPOSettings, Hyperparameters, LoraSettings,
+)
 from mlintern.schemas.results import CurvePoint, EvalScore, ExperimentResult, Failure, FailureKind, LoopReport
 from mlintern.schemas.sizing import Sizing, Throughput
 from mlintern.schemas.context import PaperDigest, PlanningContext  # noqa: E402  (needs the modules above)
@@ -26,7 +28,7 @@ from mlintern.schemas.context import PaperDigest, PlanningContext  # noqa: E402 
 __all__ = [
     "BUILTIN_BASE_MODEL", "Method",
     "BenchmarkSpec", "Budget", "Goal", "Retention", "Schedule", "SearchSpace", "StopRule",
-    "DatasetRecipe", "ExperimentPlan", "Fidelity", "Hyperparameters",
+    "DatasetRecipe", "DPOSettings", "ExperimentPlan", "Fidelity", "GRPOSettings", "Hyperparameters", "LoraSettings",
     "CurvePoint", "EvalScore", "ExperimentResult", "Failure", "FailureKind", "LoopReport",
     "Sizing", "Throughput",
     "PaperDigest", "PlanningContext",

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from typing import Literal
+from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
@@ -46,6 +46,41 @@ class DatasetRecipe(_Model):
         )
 
 
+class LoraSettings(_Model):
+    """LoRA: a low-rank adapter on every linear layer, merged into the weights after training."""
+
+    enabled: bool = Field(
+        False,
+        description="Train a LoRA adapter instead of all weights: less memory, a higher learning_rate (about 10x).")
+    r: int = Field(16, ge=1, le=1024, description="LoRA rank. Typical 8-64.")
+    alpha: int = Field(
+        32, ge=1, le=4096,
+        description="LoRA scale: the update is multiplied by alpha / r. Typical 1-2x r.")
+
+
+class DPOSettings(_Model):
+    """Knobs only dpo reads (trl DPOConfig)."""
+
+    beta: float = Field(
+        0.1, ge=0, le=10,
+        description="KL weight to the reference model: higher stays closer to it. Typical 0.05-0.5.")
+
+
+class GRPOSettings(_Model):
+    """Knobs only grpo reads (trl GRPOConfig)."""
+
+    beta: float = Field(
+        0.1, ge=0, le=10,
+        description="KL weight to the reference model. Typical 0-0.1 (0: no reference model, cheaper).")
+    num_generations: int = Field(
+        4, ge=2, le=64,
+        description="Completions sampled per prompt (one reward group). Typical 4-16; the effective batch must "
+        "be a multiple of it.")
+    max_completion_length: int = Field(
+        32, ge=4, le=8192,
+        description="Most new tokens per completion; keep it near the answer's length. Typical 16-512.")
+
+
 class Hyperparameters(_Model):
     """Optimizer, batch and method settings of one training run (all are passed to trl's configs)."""
 
@@ -76,33 +111,45 @@ class Hyperparameters(_Model):
         "cosine", description="Learning-rate decay after warmup: cosine or linear to 0, or constant.")
     weight_decay: float = Field(
         0.0, ge=0, le=1, description="AdamW decoupled weight decay. Typical 0-0.1.")
-    lora: bool = Field(
-        False,
-        description="Train a LoRA adapter on every linear layer (merged after training) instead of all weights: less "
-        "memory, a higher learning_rate.")
     packing: bool = Field(
         False,
         description="sft: pack rows padding-free (flex attention on GPU); batch size then counts packed rows of "
         "max_length tokens. 2.3x tokens/s on a 1.7B model on H200.",
     )
-    lora_r: int = Field(
-        16, ge=1, le=1024,
-        description="LoRA rank (lora=true only). Typical 8-64.")
-    lora_alpha: int = Field(
-        32, ge=1, le=4096,
-        description="LoRA scale: the update is multiplied by lora_alpha / lora_r (lora=true only). Typical 1-2x "
-        "lora_r.")
-    beta: float = Field(
-        0.1, ge=0, le=10,
-        description="KL weight to the reference model. dpo: typical 0.05-0.5, higher stays closer. grpo: typical "
-        "0-0.1 (0: no reference model, cheaper). Unused by sft.")
-    num_generations: int = Field(
-        4, ge=2, le=64,
-        description="grpo: completions sampled per prompt (one reward group). Typical 4-16; the effective batch must "
-        "be a multiple of it.")
-    max_completion_length: int = Field(
-        32, ge=4, le=8192,
-        description="grpo: most new tokens per completion; keep it near the answer's length. Typical 16-512.")
+    lora: LoraSettings = Field(
+        default_factory=lambda: LoraSettings(),
+        description="LoRA instead of full fine-tuning (any method).")
+    dpo: DPOSettings = Field(default_factory=lambda: DPOSettings(), description="Read by dpo plans only.")
+    grpo: GRPOSettings = Field(default_factory=lambda: GRPOSettings(), description="Read by grpo plans only.")
+
+    @model_validator(mode="before")
+    @classmethod
+    def _grouped(cls, data: Any) -> Any:
+        """The flat knobs of the schema before the method groups (stored plans, and LLM answers that
+        use them) are read into their groups: lora, lora_r, lora_alpha -> lora; beta -> dpo and grpo;
+        num_generations, max_completion_length -> grpo."""
+        if not isinstance(data, dict) or not (LEGACY_KNOBS & data.keys() or isinstance(data.get("lora"), bool)):
+            return data
+        data = dict(data)
+        lora = data.pop("lora", None)
+        lora = dict(lora) if isinstance(lora, dict) else ({} if lora is None else {"enabled": lora})
+        for flat, key in (("lora_r", "r"), ("lora_alpha", "alpha")):
+            if flat in data:
+                lora.setdefault(key, data.pop(flat))
+        data["lora"] = lora
+        beta = data.pop("beta", None)
+        grpo = dict(data.get("grpo") or {})
+        for key in ("num_generations", "max_completion_length"):
+            if key in data:
+                grpo.setdefault(key, data.pop(key))
+        if beta is not None:
+            grpo.setdefault("beta", beta)
+            data["dpo"] = {"beta": beta, **dict(data.get("dpo") or {})}
+        data["grpo"] = grpo
+        return data
+
+
+LEGACY_KNOBS = frozenset({"lora_r", "lora_alpha", "beta", "num_generations", "max_completion_length"})
 
 
 class ExperimentPlan(_Model):
@@ -115,7 +162,8 @@ class ExperimentPlan(_Model):
     dataset: DatasetRecipe = Field(default_factory=DatasetRecipe, description="Where the training rows come from.")
     hyperparameters: Hyperparameters = Field(
         default_factory=Hyperparameters,
-        description="Optimizer, batch and method settings; a knob not prefixed with a method applies to all.")
+        description="Optimizer and batch settings for every method, and the knobs of LoRA, dpo and grpo in their "
+        "own groups.")
     init_from: Literal["base", "champion"] = Field(
         "champion", description="Start from the base model or the current champion."
     )
@@ -147,16 +195,23 @@ class ExperimentPlan(_Model):
     @model_validator(mode="after")
     def _grpo_batch(self) -> "ExperimentPlan":
         hp = self.hyperparameters
-        if self.method == Method.grpo and (hp.per_device_batch_size * hp.gradient_accumulation_steps) % hp.num_generations:
+        if self.method == Method.grpo and (hp.per_device_batch_size * hp.gradient_accumulation_steps) % hp.grpo.num_generations:
             raise ValueError(
                 "hyperparameters: for grpo, per_device_batch_size * gradient_accumulation_steps "
-                f"must be a multiple of num_generations ({hp.num_generations})"
+                f"must be a multiple of grpo.num_generations ({hp.grpo.num_generations})"
             )
         return self
 
     def plan_id(self) -> str:
-        """Content hash of what would be trained: the same plan is never run twice."""
+        """Content hash of what would be trained: the same plan is never run twice. It hashes the flat
+        layout the knobs had before the method groups (the knobs this plan's method reads), so plans
+        stored before the groups keep their ids."""
         key = self.model_dump(mode="json", exclude={"hypothesis", "rationale", "cited_papers"})
+        hp = key["hyperparameters"]
+        lora, dpo, grpo = hp.pop("lora"), hp.pop("dpo"), hp.pop("grpo")
+        hp.update(lora=lora["enabled"], lora_r=lora["r"], lora_alpha=lora["alpha"],
+                  beta=grpo["beta"] if self.method == Method.grpo else dpo["beta"],
+                  num_generations=grpo["num_generations"], max_completion_length=grpo["max_completion_length"])
         return hashlib.sha256(json.dumps(key, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -82,6 +82,10 @@ class ExperimentResult(_Model):
     tokens: int = Field(0, description="Training tokens seen.")
     train_loop_seconds: float = Field(0.0, description="Optimizer-loop seconds, dev checks excluded.")
     warmup_seconds: float | None = Field(None, description="Optimizer-loop seconds of the first steps (one-off costs).")
+    phases: dict[str, float] = Field(
+        default_factory=dict,
+        description="Seconds per phase inside the job (load, build, train_call, final_eval, save): where its fixed "
+        "cost went.")
     job_seconds: float = Field(
         0.0, validation_alias=AliasChoices("job_seconds", "train_wall_seconds"),
         description="Wall seconds the job held its accelerator (load, train, eval, save; a fresh process's "

@@ -49,12 +49,12 @@ def base_args(job: TrainJob) -> dict:
 
 
 def lora_config(hp: Hyperparameters):
-    if not hp.lora:
+    if not hp.lora.enabled:
         return None
     from peft import LoraConfig
 
     return LoraConfig(
-        r=hp.lora_r, lora_alpha=hp.lora_alpha, lora_dropout=0.0,
+        r=hp.lora.r, lora_alpha=hp.lora.alpha, lora_dropout=0.0,
         target_modules="all-linear", task_type="CAUSAL_LM",
     )
 

@@ -18,7 +18,7 @@ def build_dpo_trainer(job: TrainJob, callbacks: list, model, tokenizer):
     hp = job.plan.hyperparameters
     args = DPOConfig(
         **base_args(job),
-        beta=hp.beta,
+        beta=hp.dpo.beta,
         max_length=hp.max_length,
     )
     return DPOTrainer(

@@ -29,9 +29,9 @@ def build_grpo_trainer(job: TrainJob, callbacks: list, model, tokenizer):
         reward_weights = [*reward_weights, 0.5]
     args = GRPOConfig(
         **base_args(job),
-        num_generations=hp.num_generations,
-        max_completion_length=hp.max_completion_length,
-        beta=hp.beta,
+        num_generations=hp.grpo.num_generations,
+        max_completion_length=hp.grpo.max_completion_length,
+        beta=hp.grpo.beta,
         reward_weights=reward_weights,
         use_vllm=False,
         remove_unused_columns=False,  # the reward functions read answer, rg_task, ... columns
