@@ -5,14 +5,10 @@
 # The arms get what is left of the call's 600 s once the install is done.
 set -uo pipefail
 bash bench/device/unstage.sh 3 || exit 1
-. bench/device/env.sh
-nvidia-smi --query-gpu=index,name,memory.total,driver_version --format=csv
-export DEVICE_NAME="$(nvidia-smi --query-gpu=name --format=csv,noheader | head -1)"
-CUDA_VISIBLE_DEVICES=0 timeout 330 python3 bench/worker_overhead.py --jobs 3 --steps 40 --batch 8 --dev 300 \
-  --work /root/overhead --out $OUT/overhead.json > $OUT/overhead.log 2>&1 &
+bash bench/device/overhead.sh > /tmp/overhead_call.log 2>&1 &
 ov=$!
 left=$((${CALL_END_S:-590} - SECONDS))
 echo "install done at ${SECONDS} s; arms get ${left} s"
 CALL_S=$left DEADLINE=$((left - 45)) GPUS=${GPUS:-1,2,3} bash bench/device/arms_call.sh
 wait $ov
-echo "overhead rc=$?"; grep -E "^(fresh|persistent) |fixed_s|ratio|Error|error" $OUT/overhead.log | tail -20
+cat /tmp/overhead_call.log
