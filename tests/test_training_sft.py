@@ -94,3 +94,26 @@ def test_a_paced_run_retimes_its_steps_and_its_learning_rate_decay(intern_env, m
     assert lrs[expected] < 1e-6, "the cosine decay ends at the re-timed last step"
     assert lrs[20] == pytest.approx(1e-4 * 0.5 * (1 + math.cos(math.pi * 19 / bound)), rel=0.01), \
         "before re-timing, the cosine schedule of the bound (step k trains at the rate of step k - 1)"
+
+
+def test_retiming_a_schedule_keeps_its_warmup_share_and_sets_the_next_rate_at_once():
+    import torch
+    from transformers.optimization import get_scheduler
+
+    from mlintern.training.pruning import retime_schedule
+
+    opt = torch.optim.AdamW([torch.nn.Parameter(torch.zeros(1))], lr=1e-4)
+    sched = get_scheduler("cosine", opt, num_warmup_steps=20, num_training_steps=200)
+    for _ in range(30):
+        opt.step()
+        sched.step()
+    assert retime_schedule(sched, 100)
+    assert sched.lr_lambdas[0].keywords["num_warmup_steps"] == 10, "3% of the bound stays 3% of the re-timed run"
+    expected = 1e-4 * 0.5 * (1 + math.cos(math.pi * (30 - 10) / (100 - 10)))
+    assert opt.param_groups[0]["lr"] == pytest.approx(expected) and sched.get_last_lr()[0] == pytest.approx(expected)
+    for _ in range(70):
+        opt.step()
+        sched.step()
+    assert sched.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12), "the decay ends at the re-timed step count"
+    constant = get_scheduler("constant_with_warmup", opt, num_warmup_steps=5)
+    assert retime_schedule(constant, 50), "a schedule with no end is left as it is"

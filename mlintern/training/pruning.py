@@ -144,10 +144,18 @@ def retime_schedule(scheduler, total_steps: int) -> bool:
     lambdas = getattr(sched, "lr_lambdas", None)
     if not lambdas or not all(isinstance(f, functools.partial) for f in lambdas):
         return False
-    sched.lr_lambdas = [functools.partial(f.func, *f.args, **{**f.keywords, "num_training_steps": total_steps})
+    sched.lr_lambdas = [functools.partial(f.func, *f.args, **_retimed(f.keywords, total_steps))
                         if "num_training_steps" in f.keywords else f for f in lambdas]
     # the next step's rate was set by the old schedule: set it from the new one
     for group, base, f in zip(sched.optimizer.param_groups, sched.base_lrs, sched.lr_lambdas):
         group["lr"] = base * f(sched.last_epoch)
     sched._last_lr = [group["lr"] for group in sched.optimizer.param_groups]
     return True
+
+
+def _retimed(keywords: dict, total_steps: int) -> dict:
+    """A schedule's arguments for `total_steps`, its warmup kept the same share of the run."""
+    out = {**keywords, "num_training_steps": total_steps}
+    if keywords.get("num_warmup_steps"):
+        out["num_warmup_steps"] = max(1, round(keywords["num_warmup_steps"] * total_steps / keywords["num_training_steps"]))
+    return out
