@@ -145,6 +145,13 @@ def rung_seconds(goal: Goal, sz: Sizing, batch: int) -> list[float]:
     return [round(full / eta ** (rungs - 1 - k), 3) for k in range(rungs)]
 
 
+def paced_steps(stage: str, steps: int) -> int:
+    """The most steps a plan may train: a budget-sized run (any stage but exploration) long enough to
+    time itself is paced (mlintern.training.pruning), and may re-time itself to PACE_HEADROOM times its
+    planned steps; its fresh rows must cover that. Other plans train exactly their steps."""
+    return int(steps * PACE_HEADROOM) if stage != "explore" and steps >= 2 * PACE_AT_STEP else steps
+
+
 def fresh_rows(steps: int, examples_per_step: int) -> int:
     """One epoch of fresh rows: every optimizer step sees new examples."""
     return max(8, steps * examples_per_step)

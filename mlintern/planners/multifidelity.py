@@ -19,11 +19,11 @@ from __future__ import annotations
 import logging
 from dataclasses import dataclass
 
-from mlintern.budget import PACE_AT_STEP, PACE_HEADROOM, Sizing, rung_seconds
+from mlintern.budget import Sizing, paced_steps, rung_seconds
 from mlintern.llm import LLMClient
 from mlintern.planners.base import Planner, PlannerDone, PlanRejected, validate_plan
 from mlintern.planners.rules import fix_plan
-from mlintern.planners.search import ConfigProposer, default_config, make_plan, paced_steps, plan_params
+from mlintern.planners.search import ConfigProposer, default_config, make_plan, plan_params
 from mlintern.schemas import ExperimentPlan, ExperimentResult, Fidelity, Goal, PlanningContext
 from mlintern.selection import beats
 
@@ -209,12 +209,13 @@ def fidelity_for(plan: ExperimentPlan, goal: Goal, sz: Sizing, history: list[Exp
 
 def pacing(plan: ExperimentPlan, sz: Sizing, cap: float) -> dict:
     """A run long enough to measure itself is paced to the training time it was sized for (at most the
-    cap), with room to run PACE_HEADROOM times its planned steps if the throughput estimate was slow."""
+    cap), up to the steps its rows were built for (`paced_steps`) if the throughput estimate was slow."""
     hp = plan.hyperparameters
-    if hp.max_steps < 2 * PACE_AT_STEP:
+    bound = paced_steps(plan.stage, hp.max_steps)
+    if bound == hp.max_steps:
         return {}
     target = min(cap, sz.throughput.train_seconds(hp.max_steps, sz.throughput.examples_per_step(hp), plan.method))
-    return {"target_train_s": round(target, 3), "max_steps_bound": int(hp.max_steps * PACE_HEADROOM)}
+    return {"target_train_s": round(target, 3), "max_steps_bound": bound}
 
 
 def _lane_share(ctx: PlanningContext, sz: Sizing, running: int) -> float:

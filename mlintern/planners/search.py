@@ -23,7 +23,7 @@ from optuna.distributions import (
 )
 from optuna.trial import TrialState
 
-from mlintern.budget import PACE_AT_STEP, PACE_HEADROOM, fresh_rows
+from mlintern.budget import fresh_rows, paced_steps
 from mlintern.planners.base import PlannerDone, PlanRejected, validate_plan
 from mlintern.planners.rules import fix_plan
 from mlintern.schemas import DatasetRecipe, ExperimentPlan, ExperimentResult, Hyperparameters, Method, PlanningContext, SearchSpace
@@ -96,12 +96,6 @@ def make_plan(params: dict, steps: int, ctx: PlanningContext, *, stage: str, ini
         method=method, init_from=init_from, hyperparameters=hp, stage=stage,
         dataset=DatasetRecipe(source="benchmark", num_examples=rows, seed=seed), rationale=rationale,
     )
-
-
-def paced_steps(stage: str, steps: int) -> int:
-    """Steps a plan's fresh rows must cover: a paced run (every budget-sized run long enough to time
-    itself, mlintern.planners.multifidelity.pacing) may re-time itself to PACE_HEADROOM times its steps."""
-    return int(steps * PACE_HEADROOM) if stage != "explore" and steps >= 2 * PACE_AT_STEP else steps
 
 
 def _inside(params: dict, dists: dict[str, BaseDistribution]) -> bool:
