@@ -122,17 +122,20 @@ def main() -> None:
             goal["device"] = args.device
         jobs.append((name, arm, seed, budget, goal))
     jobs.sort(key=lambda j: -j[3])  # longest first: the queues end together
-    queues: dict[str, list] = {g: [] for g in gpus}
-    load = {g: 0.0 for g in gpus}
+    # one queue per entry of --gpus; a GPU named twice runs two arms at once (small models leave it mostly idle)
+    lanes = range(len(gpus))
+    queues: dict[int, list] = {k: [] for k in lanes}
+    load = {k: 0.0 for k in lanes}
     for job in jobs:
-        g = min(gpus, key=lambda k: load[k])
-        queues[g].append(job)
-        load[g] += job[3] + 60
-    print("plan:", {g: [j[0] for j in q] for g, q in queues.items()}, flush=True)
+        k = min(lanes, key=lambda i: load[i])
+        queues[k].append(job)
+        load[k] += job[3] + 60
+    print("plan:", {f"{k}:GPU{gpus[k]}": [j[0] for j in q] for k, q in queues.items()}, flush=True)
     results, lock = [], threading.Lock()
 
-    def run_queue(gpu: str) -> None:
-        for name, arm, seed, budget, goal in queues[gpu]:
+    def run_queue(lane: int) -> None:
+        gpu = gpus[lane]
+        for name, arm, seed, budget, goal in queues[lane]:
             if time.time() - t0 > args.deadline_s - budget:
                 print(f"skip {name}: not enough time left", flush=True)
                 continue
@@ -141,7 +144,7 @@ def main() -> None:
             (d / "goal.json").write_text(json.dumps(goal))
             env = dict(os.environ, CUDA_VISIBLE_DEVICES=gpu, INTERN_WORK_DIR=str(d / "work"),
                        INTERN_TRACKING_URI=f"sqlite:///{d}/mlflow.db", PREFECT_API_URL=url,
-                       INTERN_RUNTIME_DIR=str(work / f"rt-{gpu}"))
+                       INTERN_RUNTIME_DIR=str(work / f"rt-{lane}"))
             start = time.time()
             left = args.deadline_s + 40 - (time.time() - t0)
             try:
@@ -164,7 +167,7 @@ def main() -> None:
                   f"{row.get('used_s')} of {budget} s, {row.get('experiments')} experiments, wall {wall:.0f} s, "
                   f"{row.get('stop_reason') or row.get('error')}", flush=True)
 
-    threads = [threading.Thread(target=run_queue, args=(g,)) for g in gpus]
+    threads = [threading.Thread(target=run_queue, args=(k,)) for k in lanes]
     for t in threads:
         t.start()
     for t in threads:

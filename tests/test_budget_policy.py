@@ -231,11 +231,18 @@ def test_exploration_that_cannot_rank_configurations_ends_early_and_the_budget_g
         result = simulated(plan, value)
         result.dev = EvalScore(task="dev", metric="score", value=value, stderr=0.006, n=300)
         history.append(result)
-        champion = champion or result
+    champion = history[2]  # the luckiest trial (batch 32), as the loop's selection would keep it
     plan = planner.propose(ctx(goal, history, champion=champion))
     used = sum(r.accelerator_hours for r in history) * 3600
     assert used < 0.35 * 300, "stopped exploring before its share of the budget was spent"
     assert plan.stage == "scale_up", "no signal at this trial length: the rest goes to one long run"
+    hp, default = plan.hyperparameters, Hyperparameters()
+    assert champion.plan.hyperparameters.per_device_batch_size != default.per_device_batch_size
+    assert (hp.learning_rate, hp.per_device_batch_size) == (default.learning_rate, default.per_device_batch_size), \
+        "a ranking by noise picks no configuration: the long run uses the defaults"
+    assert plan.init_from == "champion", "it still continues from the trained champion"
+    alone = planner.propose(ctx(goal, history, champion=None))
+    assert (alone.hyperparameters.per_device_batch_size, alone.init_from) == (default.per_device_batch_size, "base")
 
     # the same three trials with a real difference between them keep exploring
     history[2].dev = EvalScore(task="dev", metric="score", value=0.30, stderr=0.026, n=300)
