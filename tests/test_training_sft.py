@@ -96,6 +96,31 @@ def test_a_paced_run_retimes_its_steps_and_its_learning_rate_decay(intern_env, m
         "before re-timing, the cosine schedule of the bound (step k trains at the rate of step k - 1)"
 
 
+def test_pacing_is_repeated_as_the_run_grows_so_slow_first_steps_do_not_end_it_early(monkeypatch):
+    """4 x H100 (bench/RESULTS.md part 9): steps before step 30 ran 0.24-0.30 s against 0.19 s later, and
+    single runs paced once, at step 30, stopped at 66% and 77% of their budget. The callback re-times
+    itself each time the step count doubles, from the step time since the last re-timing."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    import mlintern.training.pruning as pruning
+    from mlintern.schemas import Fidelity
+
+    clock = [0.0]
+    monkeypatch.setattr(pruning.time, "time", lambda: clock[0])
+    cb = pruning.FidelityCallback(Fidelity(target_train_s=100.0, max_steps_bound=1000), None, 8)
+    state, control = SimpleNamespace(global_step=0, max_steps=1000), TrainerControl()
+    cb.on_train_begin(None, state, control)
+    while not control.should_training_stop:
+        state.global_step += 1
+        clock[0] += 0.3 if state.global_step <= 30 else 0.2  # slow first steps, then the steady rate
+        cb.on_step_end(None, state, control)
+    # 9 s for the first 30 steps, then (100 - 9) / 0.2 = 455 more: 485 steps fill the target
+    assert 480 <= state.global_step <= 487, state.global_step
+    assert cb.train_clock() == pytest.approx(100.0, abs=1.0), "the run trained for the time it was sized for"
+
+
 def test_retiming_a_schedule_keeps_its_warmup_share_and_sets_the_next_rate_at_once():
     import torch
     from transformers.optimization import get_scheduler
