@@ -56,6 +56,21 @@ def test_throughput_fit_recovers_the_cost_per_step_and_per_example():
     assert fit.fixed_s == pytest.approx(3.0) and fit.eval_item_s == pytest.approx(2.0 / 300)
 
 
+def test_a_run_too_short_to_have_steady_steps_does_not_price_a_step():
+    """One H200 shared by four arms (bench/RESULTS.md part 9): the first trial trained 2 steps in 7.7 s of
+    one-off costs; fitted on it a step cost 3.8 s, and the loop stopped with 82% of its budget left."""
+    goal = gpu_goal(120)
+    first = MultiFidelityPlanner().propose(ctx(goal))
+    short = finished(first, 21.0, 0.05)
+    short.steps, short.train_loop_seconds, short.job_seconds, short.eval_seconds = 2, 7.7, 16.9, 8.4
+    short.warmup_seconds = None
+    fit = fit_throughput(GPU, [short])
+    assert fit.step_seconds(8) == pytest.approx(GPU.step_seconds(8)), "the step cost stays the prior's"
+    assert fit.measured == 0 and fit.fixed_s == pytest.approx(16.9 - 2 * GPU.step_seconds(8) - 8.4)
+    nxt = MultiFidelityPlanner().propose(ctx(goal, [short]))
+    assert nxt.hyperparameters.max_steps > 10, "the loop goes on with the budget that is left"
+
+
 def test_experiment_sizes_follow_the_budget_not_a_fixed_range():
     """The old default search space ran 8-30 steps whatever the budget; now steps scale with it."""
     small = sizing(gpu_goal(120), 0, GPU, True)

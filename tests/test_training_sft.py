@@ -121,6 +121,34 @@ def test_pacing_is_repeated_as_the_run_grows_so_slow_first_steps_do_not_end_it_e
     assert cb.train_clock() == pytest.approx(100.0, abs=1.0), "the run trained for the time it was sized for"
 
 
+def test_a_job_whose_other_parts_run_long_still_ends_within_its_limit(monkeypatch):
+    """One H200 shared by four arms (bench/RESULTS.md part 9): a scale-up's load, data and save took 23 s
+    against 6 s predicted, and the loop spent 118% of its budget. Training stops, and a paced run's decay
+    ends, where what is left of the job's limit only covers its final check and save."""
+    from types import SimpleNamespace
+
+    from transformers import TrainerControl
+
+    import mlintern.training.pruning as pruning
+    from mlintern.schemas import Fidelity
+
+    clock = [0.0]
+    monkeypatch.setattr(pruning.time, "time", lambda: clock[0])
+    fidelity = Fidelity(time_limit_s=60.0, target_train_s=55.0, max_steps_bound=1000, job_limit_s=70.0, tail_s=6.0)
+    cb = pruning.FidelityCallback(fidelity, None, 8, job_started=0.0)
+    clock[0] = 20.0  # load and data took 20 s, not the few seconds the plan assumed
+    state, control = SimpleNamespace(global_step=0, max_steps=1000), TrainerControl()
+    cb.on_train_begin(None, state, control)
+    while not control.should_training_stop:
+        state.global_step += 1
+        clock[0] += 0.2
+        cb.on_step_end(None, state, control)
+    assert clock[0] <= 70.0 - 6.0 + 0.2, "the job's tail still fits in its limit"
+    assert cb.paced_steps is not None and state.global_step >= cb.paced_steps - 1, \
+        "the paced decay was re-timed to end there, not cut off mid-decay"
+    assert 215 <= state.global_step <= 221, state.global_step  # (70 - 6 - 20) / 0.2 = 220
+
+
 def test_retiming_a_schedule_keeps_its_warmup_share_and_sets_the_next_rate_at_once():
     import torch
     from transformers.optimization import get_scheduler

@@ -224,6 +224,11 @@ class Fidelity(_Model):
         None, description="Paced run: the training-clock seconds it was sized for. After its first steps the run "
         "re-times its step count (and its learning-rate decay with it) from its measured step time, so the decay "
         "ends at this time: a throughput estimate that was off neither ends the run early nor cuts it mid-decay.")
+    job_limit_s: float | None = Field(
+        None, description="The most accounted seconds the whole job may take (load, data, training, dev checks, "
+        "save): training stops when what is left of it would only cover `tail_s`. The training-clock cap "
+        "assumes the job's other parts take what the throughput model predicts; this holds when they take longer.")
+    tail_s: float = Field(0.0, description="Seconds the job needs after training: its final dev check and save.")
     max_steps_bound: int | None = Field(
         None, description="Paced run: the most optimizer steps it may re-time to (the plan's max_steps times "
         "the pacing headroom).")

@@ -56,8 +56,12 @@ class FidelityCallback(TrainerCallback):
     """Dev checks at the rungs, the pruner's decision after each but the last, and the time cap."""
 
     def __init__(self, fidelity: Fidelity, evaluate: Callable[[bool], EvalScore] | None,
-                 examples_per_step: int, log_point: Callable[[CurvePoint, int], None] | None = None):
+                 examples_per_step: int, log_point: Callable[[CurvePoint, int], None] | None = None,
+                 job_started: float | None = None):
         self.fidelity = fidelity
+        # wall-clock time by which training must stop, so that the job ends within its limit
+        self.deadline = (job_started + fidelity.job_limit_s - fidelity.tail_s
+                         if job_started is not None and fidelity.job_limit_s is not None else None)
         self.evaluate = evaluate
         self.examples_per_step = examples_per_step
         self.log_point = log_point
@@ -129,6 +133,10 @@ class FidelityCallback(TrainerCallback):
             self.time_capped = True
             control.should_training_stop = True
             log.info("training stopped by its time cap (%.1f s >= %.1f s)", clock, cap)
+        if self.deadline is not None and time.time() >= self.deadline and not control.should_training_stop:
+            self.time_capped = True
+            control.should_training_stop = True
+            log.info("training stopped so the job ends within its %.0f s limit", self.fidelity.job_limit_s)
         return control
 
     def pace(self, state, clock: float, scheduler) -> None:
@@ -139,11 +147,14 @@ class FidelityCallback(TrainerCallback):
         mark_step, mark_clock = self.pace_mark
         step_s = (clock - mark_clock) / max(1, state.global_step - mark_step)
         self.pace_mark = (state.global_step, clock)
-        fit = state.global_step + int((self.fidelity.target_train_s - clock) / max(step_s, 1e-6))
+        target = self.fidelity.target_train_s
+        if self.deadline is not None:  # the job's other parts took longer than predicted: the decay ends sooner
+            target = min(target, clock + self.deadline - time.time())
+        fit = state.global_step + int((target - clock) / max(step_s, 1e-6))
         self.paced_steps = max(state.global_step + 1, min(state.max_steps, fit))
         retimed = retime_schedule(scheduler, self.paced_steps)
         log.info("paced: %.3f s/step measured, %d steps fit %.0f s of training (bound %d)%s", step_s,
-                 self.paced_steps, self.fidelity.target_train_s, state.max_steps,
+                 self.paced_steps, target, state.max_steps,
                  "" if retimed else "; the learning-rate schedule could not be re-timed")
 
 

@@ -207,7 +207,8 @@ def run(job: TrainJob, faults: dict | None = None, cache=None) -> TrainOutcome:
         return evaluate_loaded(holder["trainer"].model, tokenizer, spec, seed=job.seed)
 
     eps = hp.per_device_batch_size * hp.gradient_accumulation_steps * int(os.environ.get("WORLD_SIZE", "1"))
-    fidelity = FidelityCallback(job.fidelity, score_dev if job.evaluation else None, eps, _curve_logger(job))
+    fidelity = FidelityCallback(job.fidelity, score_dev if job.evaluation else None, eps, _curve_logger(job),
+                                job_started=start)
     callbacks = [guard, fidelity] + ([FaultInjector(faults, job)] if faults else [])
     mark = time.time()
     trainer = build_trainer(job, callbacks, model, tokenizer)
