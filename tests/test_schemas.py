@@ -140,3 +140,12 @@ def test_method_knobs_sit_in_their_groups_and_plans_stored_flat_keep_their_ids(f
     assert grouped == plan and grouped.plan_id() == plan_id
     assert not {"lora_r", "beta", "num_generations"} & plan.hyperparameters.model_dump().keys()
 
+
+
+def test_a_flat_knob_beside_a_group_object_fills_in_what_the_group_left_unset():
+    from mlintern.schemas.plan import DPOSettings, GRPOSettings, LoraSettings
+
+    hp = Hyperparameters(lora=LoraSettings(enabled=True, r=8), lora_alpha=64, beta=0.2,
+                         grpo=GRPOSettings(num_generations=8), dpo=DPOSettings(beta=0.5))
+    assert (hp.lora.enabled, hp.lora.r, hp.lora.alpha) == (True, 8, 64), "the group's r, the flat alpha"
+    assert (hp.grpo.num_generations, hp.grpo.beta) == (8, 0.2) and hp.dpo.beta == 0.5, "a group's own value wins"

@@ -132,21 +132,31 @@ class Hyperparameters(_Model):
             return data
         data = dict(data)
         lora = data.pop("lora", None)
-        lora = dict(lora) if isinstance(lora, dict) else ({} if lora is None else {"enabled": lora})
+        lora = {"enabled": lora} if isinstance(lora, bool) else _group(lora)
         for flat, key in (("lora_r", "r"), ("lora_alpha", "alpha")):
             if flat in data:
                 lora.setdefault(key, data.pop(flat))
         data["lora"] = lora
         beta = data.pop("beta", None)
-        grpo = dict(data.get("grpo") or {})
+        grpo = _group(data.get("grpo"))
         for key in ("num_generations", "max_completion_length"):
             if key in data:
                 grpo.setdefault(key, data.pop(key))
         if beta is not None:
             grpo.setdefault("beta", beta)
-            data["dpo"] = {"beta": beta, **dict(data.get("dpo") or {})}
+            data["dpo"] = {"beta": beta, **_group(data.get("dpo"))}
         data["grpo"] = grpo
         return data
+
+
+def _group(value: Any) -> dict:
+    """A method group as the keys it was given: a dict, or a settings object (its explicitly set fields;
+    a flat knob fills in the rest)."""
+    if value is None:
+        return {}
+    if isinstance(value, _Model):
+        return value.model_dump(exclude_unset=True)
+    return dict(value)
 
 
 LEGACY_KNOBS = frozenset({"lora_r", "lora_alpha", "beta", "num_generations", "max_completion_length"})
