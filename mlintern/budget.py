@@ -81,18 +81,18 @@ def fit_throughput(prior: Throughput, history: list[ExperimentResult]) -> Throug
     # Step costs come only from runs with steady steps to time: a run of a few steps is all one-off
     # costs (on one H200 shared by four arms, a 2-step trial took 7.7 s, and a fit on it priced a step
     # at 3.8 s against 0.15 s: the loop stopped at 18% of its budget, bench/RESULTS.md part 9).
-    timed = [r for r in runs if _steady_step_seconds(r) is not None]
+    steady = {id(r): _steady_step_seconds(r) for r in runs}
+    timed = [r for r in runs if steady[id(r)] is not None]
     if timed:
-        a, b = _fit_line(prior, [(prior.examples_per_step(r.plan.hyperparameters), _steady_step_seconds(r), r.steps,
+        a, b = _fit_line(prior, [(prior.examples_per_step(r.plan.hyperparameters), steady[id(r)], r.steps,
                                   METHOD_COST[r.plan.method]) for r in timed])
     else:
         a, b = prior.step_overhead_s, prior.example_s
     fitted = prior.model_copy(update={"step_overhead_s": a, "example_s": b})
-
-    def step_s(r: ExperimentResult) -> float:
-        return _steady_step_seconds(r) or fitted.step_seconds(prior.examples_per_step(r.plan.hyperparameters),
-                                                              r.plan.method)
-    fixed = [max(0.0, r.job_seconds - r.steps * step_s(r) - r.eval_seconds)
+    for r in runs:  # a run too short to time its steps is priced at the fitted step cost
+        if steady[id(r)] is None:
+            steady[id(r)] = fitted.step_seconds(prior.examples_per_step(r.plan.hyperparameters), r.plan.method)
+    fixed = [max(0.0, r.job_seconds - r.steps * steady[id(r)] - r.eval_seconds)
              for r in runs if r.job_seconds > 0]  # the first steps' one-off cost counts as fixed
     items = sum(len(r.curve) * (r.dev.n if r.dev else 0) for r in runs)
     evals = sum(r.eval_seconds for r in runs)
