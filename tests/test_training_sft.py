@@ -96,28 +96,38 @@ def test_a_paced_run_retimes_its_steps_and_its_learning_rate_decay(intern_env, m
         "before re-timing, the cosine schedule of the bound (step k trains at the rate of step k - 1)"
 
 
-def test_pacing_is_repeated_as_the_run_grows_so_slow_first_steps_do_not_end_it_early(monkeypatch):
-    """4 x H100 (bench/RESULTS.md part 9): steps before step 30 ran 0.24-0.30 s against 0.19 s later, and
-    single runs paced once, at step 30, stopped at 66% and 77% of their budget. The callback re-times
-    itself each time the step count doubles, from the step time since the last re-timing."""
+def drive_callback(monkeypatch, fidelity, step_seconds, started_at: float = 0.0, job_started: float | None = None):
+    """Run a FidelityCallback over steps on a controlled clock (training starts at `started_at`; step k
+    takes `step_seconds(k)`) until it stops training; returns the callback, the last step and the clock."""
     from types import SimpleNamespace
 
     from transformers import TrainerControl
 
     import mlintern.training.pruning as pruning
-    from mlintern.schemas import Fidelity
 
     clock = [0.0]
     monkeypatch.setattr(pruning.time, "time", lambda: clock[0])
-    cb = pruning.FidelityCallback(Fidelity(target_train_s=100.0, max_steps_bound=1000), None, 8)
-    state, control = SimpleNamespace(global_step=0, max_steps=1000), TrainerControl()
+    cb = pruning.FidelityCallback(fidelity, None, 8, job_started=job_started)
+    clock[0] = started_at
+    state, control = SimpleNamespace(global_step=0, max_steps=fidelity.max_steps_bound), TrainerControl()
     cb.on_train_begin(None, state, control)
     while not control.should_training_stop:
         state.global_step += 1
-        clock[0] += 0.3 if state.global_step <= 30 else 0.2  # slow first steps, then the steady rate
+        clock[0] += step_seconds(state.global_step)
         cb.on_step_end(None, state, control)
+    return cb, state.global_step, clock[0]
+
+
+def test_pacing_is_repeated_as_the_run_grows_so_slow_first_steps_do_not_end_it_early(monkeypatch):
+    """4 x H100 (bench/RESULTS.md part 9): steps before step 30 ran 0.24-0.30 s against 0.19 s later, and
+    single runs paced once, at step 30, stopped at 66% and 77% of their budget. The callback re-times
+    itself each time the step count doubles, from the step time since the last re-timing."""
+    from mlintern.schemas import Fidelity
+
+    cb, steps, _ = drive_callback(monkeypatch, Fidelity(target_train_s=100.0, max_steps_bound=1000),
+                                  lambda k: 0.3 if k <= 30 else 0.2)  # slow first steps, then the steady rate
     # 9 s for the first 30 steps, then (100 - 9) / 0.2 = 455 more: 485 steps fill the target
-    assert 480 <= state.global_step <= 487, state.global_step
+    assert 480 <= steps <= 487, steps
     assert cb.train_clock() == pytest.approx(100.0, abs=1.0), "the run trained for the time it was sized for"
 
 
@@ -125,28 +135,15 @@ def test_a_job_whose_other_parts_run_long_still_ends_within_its_limit(monkeypatc
     """One H200 shared by four arms (bench/RESULTS.md part 9): a scale-up's load, data and save took 23 s
     against 6 s predicted, and the loop spent 118% of its budget. Training stops, and a paced run's decay
     ends, where what is left of the job's limit only covers its final check and save."""
-    from types import SimpleNamespace
-
-    from transformers import TrainerControl
-
-    import mlintern.training.pruning as pruning
     from mlintern.schemas import Fidelity
 
-    clock = [0.0]
-    monkeypatch.setattr(pruning.time, "time", lambda: clock[0])
     fidelity = Fidelity(time_limit_s=60.0, target_train_s=55.0, max_steps_bound=1000, job_limit_s=70.0, tail_s=6.0)
-    cb = pruning.FidelityCallback(fidelity, None, 8, job_started=0.0)
-    clock[0] = 20.0  # load and data took 20 s, not the few seconds the plan assumed
-    state, control = SimpleNamespace(global_step=0, max_steps=1000), TrainerControl()
-    cb.on_train_begin(None, state, control)
-    while not control.should_training_stop:
-        state.global_step += 1
-        clock[0] += 0.2
-        cb.on_step_end(None, state, control)
-    assert clock[0] <= 70.0 - 6.0 + 0.2, "the job's tail still fits in its limit"
-    assert cb.paced_steps is not None and state.global_step >= cb.paced_steps - 1, \
+    # load and data took 20 s, not the few seconds the plan assumed
+    cb, steps, clock = drive_callback(monkeypatch, fidelity, lambda k: 0.2, started_at=20.0, job_started=0.0)
+    assert clock <= 70.0 - 6.0 + 0.2, "the job's tail still fits in its limit"
+    assert cb.paced_steps is not None and steps >= cb.paced_steps - 1, \
         "the paced decay was re-timed to end there, not cut off mid-decay"
-    assert 215 <= state.global_step <= 221, state.global_step  # (70 - 6 - 20) / 0.2 = 220
+    assert 215 <= steps <= 221, steps  # (70 - 6 - 20) / 0.2 = 220
 
 
 def test_retiming_a_schedule_keeps_its_warmup_share_and_sets_the_next_rate_at_once():
