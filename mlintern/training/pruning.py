@@ -88,11 +88,12 @@ class FidelityCallback(TrainerCallback):
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.time()
 
-    def check(self, step: int, rung: int | None) -> EvalScore:
-        """Score dev now: a rung check on the first `rung_dev_items` items, the final one on all."""
+    def check(self, step: int, rung: int | None, subset: bool | None = None) -> EvalScore:
+        """Score dev now: a rung check on the first `rung_dev_items` items (`subset`, by default for a
+        rung), the final one on all."""
         t0 = time.time()
         clock = self.train_clock()
-        score = self.evaluate(rung is not None)
+        score = self.evaluate(rung is not None if subset is None else subset)
         self.eval_seconds += time.time() - t0
         point = CurvePoint(step=step, examples=step * self.examples_per_step, train_seconds=round(clock, 3),
                            value=score.value, rung=rung)
@@ -111,9 +112,11 @@ class FidelityCallback(TrainerCallback):
         if self.trial is not None and self.next_rung < len(rungs) and clock >= rungs[self.next_rung]:
             k = self.next_rung
             self.next_rung += 1
-            score = self.check(state.global_step, k)
-            self.trial.report(score.value, self.fidelity.reduction_factor ** k)
             last = k == len(rungs) - 1
+            # the last rung decides nothing (no pruning after it): it is the final score, on the whole
+            # dev set, scored once (a subset check before it cost a third of a short trial's dev seconds)
+            score = self.check(state.global_step, k, subset=not last)
+            self.trial.report(score.value, self.fidelity.reduction_factor ** k)
             if not last and self.trial.should_prune():
                 self.pruned_at = clock
                 control.should_training_stop = True
@@ -121,8 +124,6 @@ class FidelityCallback(TrainerCallback):
                 return control
             if last:
                 control.should_training_stop = True  # the trial's last rung: it has had its budget
-                if self.fidelity.rung_dev_items:
-                    self.last_eval_step = None  # the final score is taken on the whole dev set
         if self.fidelity.target_train_s and state.global_step == self.next_pace and self.warmup_seconds is not None:
             self.pace(state, clock, kwargs.get("lr_scheduler"))
             self.next_pace *= 2
