@@ -78,7 +78,8 @@ def summary(name: str, arm: str, seed: int, budget: int, report: dict, wall: flo
                   "lr": e["plan"]["hyperparameters"]["learning_rate"], "lora": lora_enabled(e["plan"]["hyperparameters"]),
                   "init": e["plan"]["init_from"], "dev": (e.get("dev") or {}).get("value"),
                   "accel_s": round(e["accelerator_hours"] * 3600, 2), "job_s": round(e["job_seconds"], 2),
-                  "loop_s": round(e["train_loop_seconds"], 2), "eval_s": round(e["eval_seconds"], 2)}
+                  "loop_s": round(e["train_loop_seconds"], 2), "eval_s": round(e["eval_seconds"], 2),
+                  "recent_loss": (e.get("recent_loss") or {}).get("value")}
                  for e in exps],
     }
 

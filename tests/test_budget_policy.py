@@ -264,6 +264,61 @@ def test_exploration_that_cannot_rank_configurations_ends_early_and_the_budget_g
     assert planner.propose(ctx(goal, history, champion=history[2])).stage == "explore"
 
 
+def test_when_dev_ties_the_trials_their_training_loss_on_fresh_rows_picks_the_scale_up_configuration():
+    """arith_mid at 120 GPU-s (bench/RESULTS.md part 9c): a default trial and a batch-64 trial scored dev
+    0.047 and 0.046; the loop scaled up the defaults and lost to one default run. The trials' losses
+    over their last quarter on fresh rows separate them where an exact-match score at the floor cannot."""
+    from mlintern.planners.multifidelity import loss_pick
+    from mlintern.schemas import LossTail
+
+    goal = gpu_goal(120)
+    planner = MultiFidelityPlanner()
+    history = []
+    for value, loss in ((0.047, 1.90), (0.046, 1.20)):
+        plan = planner.propose(ctx(goal, history, champion=history[0] if history else None))
+        assert plan.stage == "explore"
+        result = simulated(plan, value)
+        result.dev = EvalScore(task="dev", metric="score", value=value, stderr=0.012, n=300)
+        result.recent_loss = LossTail(value=loss, stderr=0.05, n=7)
+        history.append(result)
+    champion = history[0]  # the default trial beat the base model first; the batch-64 one did not beat it
+    default, big = history[0].plan.hyperparameters, history[1].plan.hyperparameters
+    assert big.per_device_batch_size == 64 and default.per_device_batch_size == 8
+    picked = loss_pick(ctx(goal, history, champion=champion))
+    assert picked is not None and picked[0]["batch_size"] == 64 and "1.200" in picked[1]
+    up = planner.propose(ctx(goal, history[:2], champion=champion))
+    if up.stage == "explore":  # a third trial fits this budget: tie it too, then the scale-up comes
+        third = simulated(up, 0.045)
+        third.dev = EvalScore(task="dev", metric="score", value=0.045, stderr=0.012, n=300)
+        third.recent_loss = LossTail(value=1.5, stderr=0.05, n=7)
+        history.append(third)
+        up = planner.propose(ctx(goal, history, champion=champion))
+    assert up.stage == "scale_up" and up.init_from == "champion"
+    assert (up.hyperparameters.per_device_batch_size, up.hyperparameters.learning_rate) == (64, big.learning_rate)
+    assert "training loss on fresh rows" in up.rationale
+
+    # the next segment of the same chain keeps that configuration (the champion is now the scale-up)
+    segment = simulated(up, 0.20)
+    assert loss_pick(ctx(goal, history + [segment], champion=segment))[0]["batch_size"] == 64
+
+    # losses within noise of each other: no pick; dev ranking the trials: no pick either
+    for r in history[1:]:
+        r.recent_loss = LossTail(value=1.85, stderr=0.05, n=7)
+    assert loss_pick(ctx(goal, history, champion=champion)) is None
+    history[1].recent_loss = LossTail(value=1.20, stderr=0.05, n=7)
+    history[1].dev = EvalScore(task="dev", metric="score", value=0.40, stderr=0.028, n=300)
+    assert loss_pick(ctx(goal, history, champion=history[1])) is None, "dev ranks them: the champion decides"
+
+
+def test_loss_tail_is_the_mean_of_the_last_quarter_of_logged_losses():
+    from mlintern.training.callbacks import loss_tail
+
+    assert loss_tail([3.0, 2.0]) is None, "too few logged losses to estimate"
+    tail = loss_tail([4.0, 3.0, 2.5, 2.0, 1.9, 2.1, 2.0, 1.8, 2.2, 2.0, 1.9, 2.1])  # last quarter: 3 values
+    assert tail.n == 3 and tail.value == pytest.approx(2.0) and tail.stderr == pytest.approx(0.1 / 3 ** 0.5)
+    assert loss_tail([float(i) for i in range(40)]).n == 10
+
+
 def test_by_default_several_gpus_explore_in_parallel_but_the_scale_up_is_one_chain():
     """4 x H200, 300 GPU-s (bench/RESULTS.md part 8b): split four ways the scale-up reached 0.746 held-out
     against 0.994 for one chain; the budget is GPU-seconds, so a split buys wall clock, not depth."""

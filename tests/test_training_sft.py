@@ -92,11 +92,17 @@ def test_a_paced_run_retimes_its_steps_and_its_learning_rate_decay(intern_env, m
     assert outcome["steps"] == expected, "too short a target: stop just after re-timing; too long: run to the bound"
     lrs = {m.step: m.value for m in client.get_metric_history(run.info.run_id, "learning_rate")}
     assert lrs[expected] < 1e-6, "the cosine decay ends at the re-timed last step"
+    losses = [m.value for m in sorted(client.get_metric_history(run.info.run_id, "loss"), key=lambda m: m.step)]
+    tail = losses[-max(3, math.ceil(len(losses) / 4)):]
+    assert outcome["recent_loss"]["n"] == len(tail) >= 3
+    assert outcome["recent_loss"]["value"] == pytest.approx(sum(tail) / len(tail), rel=1e-4), \
+        "the loss estimate is the mean of the last quarter of the losses the run logged"
     assert lrs[20] == pytest.approx(1e-4 * 0.5 * (1 + math.cos(math.pi * 19 / bound)), rel=0.01), \
         "before re-timing, the cosine schedule of the bound (step k trains at the rate of step k - 1)"
 
 
-def drive_callback(monkeypatch, fidelity, step_seconds, started_at: float = 0.0, job_started: float | None = None):
+def drive_callback(monkeypatch, fidelity, step_seconds, started_at: float = 0.0, job_started: float | None = None,
+                   evaluate=None):
     """Run a FidelityCallback over steps on a controlled clock (training starts at `started_at`; step k
     takes `step_seconds(k)`) until it stops training; returns the callback, the last step and the clock."""
     from types import SimpleNamespace
@@ -107,7 +113,7 @@ def drive_callback(monkeypatch, fidelity, step_seconds, started_at: float = 0.0,
 
     clock = [0.0]
     monkeypatch.setattr(pruning.time, "time", lambda: clock[0])
-    cb = pruning.FidelityCallback(fidelity, None, 8, job_started=job_started)
+    cb = pruning.FidelityCallback(fidelity, evaluate, 8, job_started=job_started)
     clock[0] = started_at
     state, control = SimpleNamespace(global_step=0, max_steps=fidelity.max_steps_bound), TrainerControl()
     cb.on_train_begin(None, state, control)
@@ -116,6 +122,24 @@ def drive_callback(monkeypatch, fidelity, step_seconds, started_at: float = 0.0,
         clock[0] += step_seconds(state.global_step)
         cb.on_step_end(None, state, control)
     return cb, state.global_step, clock[0]
+
+
+def test_the_last_rung_is_the_final_score_on_the_whole_dev_set_scored_once(monkeypatch):
+    """A trial's last rung decides nothing, so it is scored on the whole dev set and that score is final:
+    no subset check before it (on one shared H200 a short trial's dev checks took longer than its training)."""
+    from mlintern.schemas import EvalScore, Fidelity
+
+    subsets: list[bool] = []
+
+    def evaluate(subset: bool) -> EvalScore:
+        subsets.append(subset)
+        return EvalScore(task="dev", metric="score", value=0.5, stderr=0.03, n=100 if subset else 300)
+
+    fidelity = Fidelity(rung_seconds=[1.0, 3.0], rung_dev_items=100, peers=[])
+    cb, steps, _ = drive_callback(monkeypatch, fidelity, lambda k: 0.5, evaluate=evaluate)
+    assert subsets == [True, False], "a subset check at the first rung, the whole dev set at the last, nothing else"
+    assert [p.rung for p in cb.curve] == [0, 1] and cb.curve[-1].train_seconds >= 3.0
+    assert cb.last_eval_step == steps and cb.last_score.n == 300, "the runner takes this as the final score"
 
 
 def test_pacing_is_repeated_as_the_run_grows_so_slow_first_steps_do_not_end_it_early(monkeypatch):

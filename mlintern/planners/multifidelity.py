@@ -97,23 +97,32 @@ class MultiFidelityPlanner:
         champion = ctx.champion
         running = sum(p.stage == "scale_up" for p in ctx.pending)
         configs = _ranked_configs(ctx.history)
-        # When the trials' ranking is noise, the best guess is the defaults, not the luckiest trial's
-        # configuration (arith_hard, bench/RESULTS.md part 8a: one default run 0.035 held-out, the loop 0.004-0.012).
+        # When dev cannot rank the trials, their training loss on fresh rows may (`loss_pick`); when that
+        # cannot either, the best guess is the defaults, not the luckiest trial's configuration (arith_hard,
+        # bench/RESULTS.md part 8a: one default run 0.035 held-out, the loop 0.004-0.012).
         quiet = no_signal(ctx)
+        pick = loss_pick(ctx)
         if champion is not None:
             params, init, base = plan_params(champion.plan), "champion", champion.plan.hyperparameters
             source = f"the champion {champion.plan_id} (dev {champion.dev.value:.4f})"
             others = [c for c in configs if c != params]
-            if quiet:
+            if pick is not None and not running:
+                params, note = pick
+                source += f" with {note}"
+            elif quiet:
                 params = default_config(ctx)
                 source += " with the default configuration (the trials were within noise of each other)"
             elif running and others:
                 params = others[(running - 1) % len(others)]
                 source += f" with the learning rate and batch of explored configuration #{running + 1}"
         else:
-            params = configs[0] if configs and not quiet else default_config(ctx)
             init, base = "base", None
-            source = "the best explored configuration" if configs and not quiet else "the default configuration"
+            if pick is not None:
+                params, note = pick
+                source = note
+            else:
+                params = configs[0] if configs and not quiet else default_config(ctx)
+                source = "the best explored configuration" if configs and not quiet else "the default configuration"
         job_s = _lane_share(ctx, sz, running)
         steps = min(sz.max_steps, sz.steps_for_job(job_s, params["batch_size"], params["method"]))
         if steps < sz.min_steps:
@@ -197,6 +206,39 @@ def no_signal(ctx: PlanningContext) -> bool:
     log.info("exploration has no signal: %d trials scored dev %.4f-%.4f, within noise of each other; scaling up",
              len(trials), worst.value, best.value)
     return True
+
+
+def loss_pick(ctx: PlanningContext) -> tuple[dict, str] | None:
+    """The configuration to scale up when dev cannot rank the exploration trials but their training
+    loss can: among the trials that trained their full length and whose dev scores are within noise of
+    the best one, the one with the lowest loss over its last quarter on fresh rows (`LossTail`, an
+    estimate of the held-out loss at equal training time), if it is lower beyond noise (the goal's
+    noise_z) than that of the trial of the default configuration (else of the champion's
+    configuration), which the loop would scale up otherwise. None when dev ranks the trials, or the
+    losses cannot.
+
+    Measured on arith_mid at 120 GPU-s (bench/RESULTS.md part 9c): a batch-64 trial and a default one
+    scored dev 0.046 and 0.047 on 300 items, and the loop scaled up the defaults and lost to one default
+    run; an exact-match score near the floor resolves nothing a loss on thousands of tokens does not."""
+    z = ctx.goal.stop.noise_z
+    full = [r for r in ctx.history if r.plan.stage == "explore" and r.status == "succeeded" and r.dev is not None]
+    if len(full) < 2:
+        return None
+    best = max(full, key=lambda r: r.dev.value).dev
+    tied = [r for r in full if not beats(best, r.dev, z) and r.recent_loss is not None]
+    fallbacks = [default_config(ctx)] + ([plan_params(ctx.champion.plan)] if ctx.champion is not None else [])
+    reference = next((r for c in fallbacks for r in tied if plan_params(r.plan) == c), None)
+    if reference is None or len(tied) < 2:
+        return None
+    low = min((r for r in tied if r.plan.method == reference.plan.method), key=lambda r: r.recent_loss.value)
+    a, b = low.recent_loss, reference.recent_loss
+    if low is reference or b.value - a.value <= z * (a.stderr ** 2 + b.stderr ** 2) ** 0.5:
+        return None
+    log.info("dev ties %d trials; %s has the lowest training loss (%.4f vs %.4f): scaling up its configuration",
+             len(tied), low.plan_id, a.value, b.value)
+    return plan_params(low.plan), (
+        f"the configuration of trial {low.plan_id} (dev within noise of the best; training loss on fresh rows "
+        f"{a.value:.3f} ± {a.stderr:.3f} against {b.value:.3f} ± {b.stderr:.3f})")
 
 
 def fidelity_for(plan: ExperimentPlan, goal: Goal, sz: Sizing, history: list[ExperimentResult],

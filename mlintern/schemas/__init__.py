@@ -11,7 +11,7 @@ Modules, by concern (import from `mlintern.schemas`; the split is an implementat
 
 - `goal`: Goal, Budget, StopRule, BenchmarkSpec, SearchSpace, Schedule, Retention
 - `plan`: ExperimentPlan, DatasetRecipe, Hyperparameters (with LoraSettings, DPOSettings, GRPOSettings), Fidelity
-- `results`: EvalScore, Failure, FailureKind, CurvePoint, ExperimentResult, LoopReport
+- `results`: EvalScore, Failure, FailureKind, CurvePoint, LossTail, ExperimentResult, LoopReport
 - `sizing`: Throughput, Sizing (the cost model's types and its prior)
 - `context`: PlanningContext, PaperDigest (what planners see)
 """
@@ -21,7 +21,9 @@ from mlintern.schemas.goal import BenchmarkSpec, Budget, Goal, Retention, Schedu
 from mlintern.schemas.plan import (
     DatasetRecipe, DPOSettings, ExperimentPlan, Fidelity, GRPOSettings, Hyperparameters, LoraSettings,
 )
-from mlintern.schemas.results import CurvePoint, EvalScore, ExperimentResult, Failure, FailureKind, LoopReport
+from mlintern.schemas.results import (
+    CurvePoint, EvalScore, ExperimentResult, Failure, FailureKind, LoopReport, LossTail,
+)
 from mlintern.schemas.sizing import Sizing, Throughput
 from mlintern.schemas.context import PaperDigest, PlanningContext  # noqa: E402  (needs the modules above)
 
@@ -29,7 +31,7 @@ __all__ = [
     "BUILTIN_BASE_MODEL", "Method",
     "BenchmarkSpec", "Budget", "Goal", "Retention", "Schedule", "SearchSpace", "StopRule",
     "DatasetRecipe", "DPOSettings", "ExperimentPlan", "Fidelity", "GRPOSettings", "Hyperparameters", "LoraSettings",
-    "CurvePoint", "EvalScore", "ExperimentResult", "Failure", "FailureKind", "LoopReport",
+    "CurvePoint", "EvalScore", "ExperimentResult", "Failure", "FailureKind", "LoopReport", "LossTail",
     "Sizing", "Throughput",
     "PaperDigest", "PlanningContext",
 ]

@@ -1,7 +1,7 @@
 """What comes back: scores, failures, an `ExperimentResult` per run and the loop's `LoopReport`.
 
 One name per concept, shared with the job's `TrainOutcome` (mlintern/training/job.py) so a result is
-filled from an outcome by field name: `train_loss`, `model_path`, `job_seconds`, `train_seconds`,
+filled from an outcome by field name: `train_loss`, `recent_loss`, `model_path`, `job_seconds`, `train_seconds`,
 `train_loop_seconds`, `eval_seconds`, `steps`, `examples`, `tokens`, `curve`, `pruned_at`.
 Results stored by older versions still load: retired names are accepted (see `_RETIRED`).
 """
@@ -46,6 +46,17 @@ class EvalScore(_Model):
     n: int = Field(0, description="Items scored.")
 
 
+class LossTail(_Model):
+    """Training loss over the last quarter of a run's logged steps. Every training row is fresh (one
+    epoch), so each logged loss was taken on rows the model had not trained on yet: their mean
+    estimates the held-out loss at the end of the run, with far less noise than an exact-match dev
+    score near the floor. Runs of the same method and training time compare on it."""
+
+    value: float = Field(description="Mean training loss over the last quarter of the logged steps (lower is better).")
+    stderr: float = Field(ge=0, description="Standard error of that mean (spread of the logged losses / sqrt(n)).")
+    n: int = Field(ge=1, description="Logged losses averaged.")
+
+
 class CurvePoint(_Model):
     """One dev check during or at the end of training."""
 
@@ -76,6 +87,8 @@ class ExperimentResult(_Model):
     eval_seconds: float = Field(0.0, description="Dev checks and the final dev score inside the job, in seconds.")
     accelerator_hours: float = Field(0.0, description="What the budget counts: job_seconds / 3600.")
     train_loss: float | None = Field(None, description="Training loss at the last logged step.")
+    recent_loss: LossTail | None = Field(
+        None, description="Mean training loss on fresh rows over the last quarter of the run (None: too few logged steps).")
     decontaminated: int = Field(0, description="Training rows removed for overlapping the evaluation sets.")
     steps: int = Field(0, description="Optimizer steps done.")
     examples: int = Field(0, description="Training rows seen (steps x effective batch).")

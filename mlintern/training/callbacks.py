@@ -1,8 +1,11 @@
 from __future__ import annotations
 
 import math
+import statistics
 
 from transformers import TrainerCallback
+
+from mlintern.schemas import LossTail
 
 
 class DivergenceError(RuntimeError):
@@ -26,6 +29,7 @@ class DivergenceGuard(TrainerCallback):
         self.bad = 0
         self.reason: str | None = None
         self.last_loss: float | None = None
+        self.losses: list[float] = []  # every finite logged loss, in order
 
     def on_log(self, args, state, control, logs=None, **kwargs):
         loss = (logs or {}).get("loss")
@@ -36,6 +40,7 @@ class DivergenceGuard(TrainerCallback):
             self.reason = f"loss is {loss} at step {state.global_step}"
         else:
             self.last_loss = loss
+            self.losses.append(loss)
             if self.first is None:
                 self.first = loss
             elif loss > self.factor * max(self.first, LOSS_FLOOR):
@@ -47,3 +52,12 @@ class DivergenceGuard(TrainerCallback):
                 self.bad = 0
         if self.reason:
             control.should_training_stop = True
+
+
+def loss_tail(losses: list[float], share: float = 0.25, min_n: int = 3) -> LossTail | None:
+    """The mean of the last `share` of the logged losses (at least `min_n` of them) with its standard
+    error; None when fewer than `min_n` losses were logged."""
+    if len(losses) < min_n:
+        return None
+    tail = losses[-max(min_n, math.ceil(share * len(losses))):]
+    return LossTail(value=statistics.fmean(tail), stderr=statistics.stdev(tail) / math.sqrt(len(tail)), n=len(tail))

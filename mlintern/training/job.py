@@ -7,7 +7,7 @@ from typing import Literal
 from pydantic import AliasChoices, BaseModel, Field
 
 from mlintern.evaluation.lmeval import EvalSpec
-from mlintern.schemas import CurvePoint, EvalScore, ExperimentPlan, Failure, Fidelity
+from mlintern.schemas import CurvePoint, EvalScore, ExperimentPlan, Failure, Fidelity, LossTail
 
 
 class TrainJob(BaseModel):
@@ -37,6 +37,7 @@ class TrainOutcome(BaseModel):
     status: Literal["succeeded", "failed", "pruned"]
     model_path: str | None = Field(None, validation_alias=AliasChoices("model_path", "model_dir"))
     train_loss: float | None = Field(None, validation_alias=AliasChoices("train_loss", "final_loss"))
+    recent_loss: LossTail | None = None
     steps: int = 0
     examples: int = 0
     tokens: int = 0

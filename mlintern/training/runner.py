@@ -20,7 +20,7 @@ import traceback
 from pathlib import Path
 
 from mlintern.schemas import Method
-from mlintern.training.callbacks import DivergenceError, DivergenceGuard
+from mlintern.training.callbacks import DivergenceError, DivergenceGuard, loss_tail
 from mlintern.training.job import TrainJob, TrainOutcome
 
 log = logging.getLogger("mlintern.training")
@@ -224,6 +224,7 @@ def run(job: TrainJob, faults: dict | None = None, cache=None) -> TrainOutcome:
     tokens = next((int(e["num_tokens"]) for e in reversed(trainer.state.log_history) if "num_tokens" in e), 0)
     outcome = TrainOutcome(
         status="pruned" if fidelity.pruned_at is not None else "succeeded", train_loss=guard.last_loss,
+        recent_loss=loss_tail(guard.losses),
         steps=steps, examples=steps * eps, tokens=tokens, train_loop_seconds=loop_seconds,
         pruned_at=fidelity.pruned_at, stopped_by_time_limit=fidelity.time_capped,
         warmup_seconds=fidelity.warmup_seconds,
