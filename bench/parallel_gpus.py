@@ -47,6 +47,20 @@ def busy_fractions(smi: Path, start: float, end: float) -> dict[str, dict]:
                 "samples": len(v)} for g, v in per.items() if v}
 
 
+def timeline_row(client, e: dict, start: float) -> dict:
+    """When an experiment ran (its MLflow run, seconds from the loop's start), what it was planned to do
+    and what it cost: where a budget overrun came from."""
+    row = {"stage": e["plan"]["stage"], "status": e["status"], "steps": e["steps"],
+           "planned_steps": e["plan"]["hyperparameters"]["max_steps"], "job_s": round(e["job_seconds"], 1),
+           "accel_s": round(e["accelerator_hours"] * 3600, 1), "eval_s": round(e["eval_seconds"], 1),
+           "confirmed": e.get("confirmed"), "rationale": e["plan"].get("rationale", "")[-160:]}
+    if e.get("mlflow_run_id"):
+        info = client.get_run(e["mlflow_run_id"]).info
+        row["t_start"] = round(info.start_time / 1000 - start, 1)
+        row["t_end"] = round(info.end_time / 1000 - start, 1) if info.end_time else None
+    return row
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--goal", required=True)
@@ -104,6 +118,7 @@ def main() -> None:
             "used_s": report["used_seconds"], "stop_reason": report["stop_reason"],
             "job_seconds": [round(e["job_seconds"], 1) for e in exps],
             "stages": [f"{e['plan']['stage']}:{e['status']}" for e in exps],
+            "timeline": [timeline_row(client, e, start) for e in exps],
         })
     busy = [g["busy_fraction"] for g in result["gpu"].values()]
     result["idle_fraction_mean"] = round(1 - sum(busy) / len(busy), 4) if busy else None

@@ -69,12 +69,15 @@ class LoopState:
         return fit_throughput(self.prior, self.history)
 
     def sizing(self, pending: list[ExperimentPlan] = ()) -> Sizing:
-        """Bounds for the next plan; experiments still running count at their predicted cost."""
+        """Bounds for the next plan; experiments still running count at their predicted cost, and at
+        the cost of a confirmation check each (charged to a candidate after its job, so a plan made
+        while it runs would not see it; bench/RESULTS.md part 10c)."""
         throughput = self.throughput()
         first = sizing(self.goal, self.used_s, throughput, self.on_gpu)
         if not pending:
             return first
-        committed = sum(first.plan_job_seconds(p) for p in pending)
+        confirm_s = throughput.eval_seconds(first.dev_items) if self.goal.benchmark.confirm_seed is not None else 0.0
+        committed = sum(first.plan_job_seconds(p) + confirm_s for p in pending)
         return sizing(self.goal, self.used_s + committed, throughput, self.on_gpu)
 
     def usage(self) -> str:

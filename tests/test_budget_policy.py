@@ -17,11 +17,11 @@ def gpu_goal(seconds=300, **kw) -> Goal:
 
 
 def ctx(goal: Goal, history=(), champion=None, pending=(), throughput=GPU) -> PlanningContext:
-    used = sum(r.accelerator_hours for r in history) * 3600
-    fit = fit_throughput(throughput, list(history))
-    committed = sum(sizing(goal, used, fit, on_gpu=True).plan_job_seconds(p) for p in pending)  # as LoopState does
-    sz = sizing(goal, used + committed, fit, on_gpu=True)
+    from mlintern.loop import LoopState
+
     base = EvalScore(task="dev", metric="score", value=0.01, stderr=0.005, n=300)
+    state = LoopState(goal=goal, baseline=base, history=list(history), prior=throughput, on_gpu=True)
+    sz = state.sizing(list(pending))  # the controller's own sizing: running plans at their predicted cost
     return PlanningContext(goal=goal, metric="score", baseline=base, history=list(history), champion=champion,
                            experiments_left=goal.budget.max_experiments - len(history), hours_left=sz.left_s / 3600,
                            pending=list(pending), sizing=sz, on_gpu=True,
@@ -131,6 +131,29 @@ def test_the_loop_explores_from_the_defaults_then_scales_up_the_champion_with_wh
     history.append(simulated(plan, 0.8))
     with pytest.raises(PlannerDone, match=r"budget spent: 29\d of 300 accelerator-seconds used \(9\d%\)"):
         planner.propose(ctx(goal, history, champion=champion))
+
+
+def test_with_several_lanes_a_job_may_spend_only_its_predicted_cost_and_running_ones_reserve_a_confirmation():
+    """2 x H100, 300 GPU-s through the deployment path (bench/RESULTS.md part 10c): with two experiments in
+    flight the loop spent 115% of its budget. A plan made while another runs counts on that one's
+    predicted cost, so that one's job may not use all that is left; and a running candidate's
+    confirmation check, charged after its job, is reserved while it runs."""
+    goal = gpu_goal(300)
+    c = ctx(goal)
+    up = MultiFidelityPlanner().propose(c).model_copy(update={"stage": "scale_up"})
+    predicted = c.sizing.plan_job_seconds(up)
+    alone = fidelity_for(up, goal, c.sizing, [], c.rungs)
+    assert alone.job_limit_s == pytest.approx(c.sizing.left_s), "one lane: an overrun only shrinks the next plan"
+    shared = fidelity_for(up, goal, c.sizing, [], c.rungs, lanes=2)
+    assert shared.job_limit_s == pytest.approx(predicted + 0.02 * 300, abs=0.01)
+    assert shared.job_limit_s < c.sizing.left_s
+    trial = MultiFidelityPlanner().propose(c)
+    assert fidelity_for(trial, goal, c.sizing, [], c.rungs, lanes=2).job_limit_s == pytest.approx(
+        c.sizing.plan_job_seconds(trial, dev_checks=len(c.rungs)) + 6, abs=0.01), "a trial's rung checks count"
+
+    running = ctx(goal, pending=[up]).sizing
+    confirm = GPU.eval_seconds(goal.benchmark.dev_size)
+    assert running.left_s == pytest.approx(300 - predicted - confirm, abs=0.01)
 
 
 def test_exploration_trials_are_checked_at_rungs_against_their_peers():

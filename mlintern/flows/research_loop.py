@@ -101,7 +101,8 @@ def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenc
                 plan = next_plan(planner, state, bench, literature, list(in_flight.values()), width)
                 if plan is None:
                     break
-                fidelity = fidelity_for(plan, goal, state.sizing(list(in_flight.values())), state.history, state.rungs)
+                fidelity = fidelity_for(plan, goal, state.sizing(list(in_flight.values())), state.history, state.rungs,
+                                        lanes=width)
                 run = _runner(goal, plan, state, base_model, fidelity, dispatch)
                 if not dispatch:  # embedded: the experiment is a subflow in this thread
                     finish(run(), state, bench, base_model, ledger, planner)

@@ -242,14 +242,23 @@ def loss_pick(ctx: PlanningContext) -> tuple[dict, str] | None:
 
 
 def fidelity_for(plan: ExperimentPlan, goal: Goal, sz: Sizing, history: list[ExperimentResult],
-                 rungs: list[float]) -> Fidelity:
+                 rungs: list[float], lanes: int = 1) -> Fidelity:
     """Dev checks (rungs) and the training-time cap of one run. Exploration trials get the rungs (the
     same for every trial of the goal, so values line up) and their peers' rung values (so the pruner
-    can compare); every run gets a time cap that keeps it inside what is left of the budget."""
+    can compare); every run gets a time cap that keeps it inside what is left of the budget.
+
+    `lanes`: experiments the loop may run at once. With one, a job may use all that is left (an overrun
+    only shrinks the next plan). With several, the plans made while this one runs count on its
+    predicted cost, so its job may spend only that plus the scale-up margin: on 2 x H100 a 2-lane loop
+    whose jobs could each use all that was left spent 115% of its budget (bench/RESULTS.md part 10c)."""
     cap = max(1.0, sz.train_seconds_for_job(sz.left_s))  # never train past what is left of the budget
     # ... counting the job's real load, data and save times too: on one H200 shared by four arms, a
     # scale-up's non-training parts took 23 s against 6 s predicted, and the loop spent 118% of its budget
-    guard = {"job_limit_s": round(sz.left_s, 3),
+    limit = sz.left_s
+    if lanes > 1:
+        checks = len(rungs) if plan.stage == "explore" else 1
+        limit = min(limit, sz.plan_job_seconds(plan, dev_checks=checks) + SCALE_UP_MARGIN * sz.budget_s)
+    guard = {"job_limit_s": round(limit, 3),
              "tail_s": round(sz.throughput.eval_seconds(sz.dev_items) + sz.throughput.fixed_s / 2, 3)}
     if plan.stage != "explore":
         return Fidelity(time_limit_s=cap, **guard, **pacing(plan, sz, cap))
