@@ -156,6 +156,44 @@ def test_with_several_lanes_a_job_may_spend_only_its_predicted_cost_and_running_
     assert running.left_s == pytest.approx(300 - predicted - confirm, abs=0.01)
 
 
+def test_with_exploration_trials_still_running_the_scale_up_waits_for_their_winner():
+    """2 lanes on CPU (bench/RESULTS.md part 10c): the first trial's predicted cost took the exploration's
+    whole share, and the second lane started the scale-up from the base model beside it, with the
+    defaults, before any result: the loop spent 112%. The scale-up continues the winner, so it waits."""
+    from mlintern.planners.base import PlannerWaiting
+
+    goal = gpu_goal(300)
+    planner = MultiFidelityPlanner()
+    trials = []
+    while True:
+        plan = planner.propose(ctx(goal, pending=trials))
+        if plan.stage != "explore":
+            pytest.fail("a scale-up was planned while exploration trials were running")
+        trials.append(plan)
+        try:
+            planner.propose(ctx(goal, pending=trials))
+        except PlannerWaiting as exc:
+            assert f"waiting for {len(trials)} exploration trial(s)" in str(exc)
+            break
+    assert 1 <= len(trials) <= 4, "the trials in flight hold the exploration's share of the budget"
+    history = [simulated(p, 0.3 + 0.01 * i) for i, p in enumerate(trials)]
+    champion = history[-1]
+    for _ in range(10):  # they finished below their predicted cost: exploring may go on, one at a time
+        up = planner.propose(ctx(goal, history, champion=champion))
+        if up.stage == "scale_up":
+            break
+        history.append(simulated(up, 0.2, status="pruned", stop_at_s=5))
+    assert up.stage == "scale_up" and up.init_from == "champion", "once they are done, their winner is scaled up"
+
+    # a segment shorter than what is left (e.g. held to the space's max_steps) leaves budget over: the
+    # chain's next segment waits for it instead of forking the same champion on the free GPU
+    short = up.model_copy(update={"hyperparameters": up.hyperparameters.model_copy(update={"max_steps": 50})})
+    two_lanes = ctx(goal, history, champion=champion, pending=[short]).model_copy(update={"lanes": 2})
+    assert two_lanes.sizing.left_s > 60
+    with pytest.raises(PlannerWaiting, match="scale-up chain's running segment"):
+        planner.propose(two_lanes)
+
+
 def test_exploration_trials_are_checked_at_rungs_against_their_peers():
     goal = gpu_goal(300)
     c = ctx(goal)

@@ -22,6 +22,10 @@ class PlannerDone(Exception):
     """The planner has nothing left worth running (e.g. the budget cannot fund another experiment)."""
 
 
+class PlannerWaiting(PlannerDone):
+    """Nothing to plan until a running experiment finishes (the controller asks again after each one)."""
+
+
 class PlanRejected(ValueError):
     """A plan broke the goal's search space or budget; the message names the field."""
 

@@ -21,7 +21,7 @@ from dataclasses import dataclass
 
 from mlintern.budget import Sizing, paced_steps, rung_seconds
 from mlintern.llm import LLMClient
-from mlintern.planners.base import Planner, PlannerDone, PlanRejected, validate_plan
+from mlintern.planners.base import Planner, PlannerDone, PlannerWaiting, PlanRejected, validate_plan
 from mlintern.planners.rules import fix_plan
 from mlintern.planners.search import ConfigProposer, default_config, make_plan, plan_params
 from mlintern.schemas import ExperimentPlan, ExperimentResult, Fidelity, Goal, PlanningContext
@@ -60,6 +60,16 @@ class MultiFidelityPlanner:
                               f"({sz.used_s / sz.budget_s:.0%}); {sz.left_s:.0f} s cannot fund another experiment")
         if self.exploring(ctx, sz):
             return self._explore(ctx, sz)
+        if any(p.stage == "explore" for p in ctx.pending):
+            # a scale-up continues the exploration's winner, so it waits for the trials still running
+            # (on 2 lanes one started from the base model beside the only trial and overspent: part 10c)
+            raise PlannerWaiting(f"waiting for {sum(p.stage == 'explore' for p in ctx.pending)} exploration "
+                                 "trial(s) to finish before scaling up their winner")
+        running = sum(p.stage == "scale_up" for p in ctx.pending)
+        if running and running >= min(ctx.lanes, ctx.goal.schedule.scale_up_lanes):
+            # every scale-up lane is busy: what is left continues the chain once its run is done, rather
+            # than forking the same champion on another GPU (2 lanes on CPU did that: part 10c)
+            raise PlannerWaiting(f"waiting for the scale-up chain's running segment to finish ({running} running)")
         return self._scale_up(ctx, sz)
 
     def exploring(self, ctx: PlanningContext, sz: Sizing) -> bool:
