@@ -157,7 +157,7 @@ def test_with_several_lanes_a_job_may_spend_only_its_predicted_cost_and_running_
 
 
 def test_with_exploration_trials_still_running_the_scale_up_waits_for_their_winner():
-    """2 lanes on CPU (bench/RESULTS.md part 10c): the first trial's predicted cost took the exploration's
+    """2 lanes on CPU (bench/RESULTS.md part 10d): the first trial's predicted cost took the exploration's
     whole share, and the second lane started the scale-up from the base model beside it, with the
     defaults, before any result: the loop spent 112%. The scale-up continues the winner, so it waits."""
     from mlintern.planners.base import PlannerWaiting

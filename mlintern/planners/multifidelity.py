@@ -62,13 +62,13 @@ class MultiFidelityPlanner:
             return self._explore(ctx, sz)
         if any(p.stage == "explore" for p in ctx.pending):
             # a scale-up continues the exploration's winner, so it waits for the trials still running
-            # (on 2 lanes one started from the base model beside the only trial and overspent: part 10c)
+            # (on 2 lanes one started from the base model beside the only trial and overspent: part 10d)
             raise PlannerWaiting(f"waiting for {sum(p.stage == 'explore' for p in ctx.pending)} exploration "
                                  "trial(s) to finish before scaling up their winner")
         running = sum(p.stage == "scale_up" for p in ctx.pending)
         if running and running >= min(ctx.lanes, ctx.goal.schedule.scale_up_lanes):
             # every scale-up lane is busy: what is left continues the chain once its run is done, rather
-            # than forking the same champion on another GPU (2 lanes on CPU did that: part 10c)
+            # than forking the same champion on another GPU (2 lanes on CPU did that: part 10d)
             raise PlannerWaiting(f"waiting for the scale-up chain's running segment to finish ({running} running)")
         return self._scale_up(ctx, sz)
 
@@ -259,8 +259,8 @@ def fidelity_for(plan: ExperimentPlan, goal: Goal, sz: Sizing, history: list[Exp
 
     `lanes`: experiments the loop may run at once. With one, a job may use all that is left (an overrun
     only shrinks the next plan). With several, the plans made while this one runs count on its
-    predicted cost, so its job may spend only that plus the scale-up margin: on 2 x H100 a 2-lane loop
-    whose jobs could each use all that was left spent 115% of its budget (bench/RESULTS.md part 10c)."""
+    predicted cost, so its job may spend only that plus the scale-up margin (a 2-lane loop whose jobs
+    could each use all that was left spent 115% of its budget on 2 x H100, bench/RESULTS.md part 10c)."""
     cap = max(1.0, sz.train_seconds_for_job(sz.left_s))  # never train past what is left of the budget
     # ... counting the job's real load, data and save times too: on one H200 shared by four arms, a
     # scale-up's non-training parts took 23 s against 6 s predicted, and the loop spent 118% of its budget
