@@ -23,7 +23,7 @@ def ctx(goal: Goal, history=(), champion=None, pending=(), throughput=GPU) -> Pl
     state = LoopState(goal=goal, baseline=base, history=list(history), prior=throughput, on_gpu=True)
     sz = state.sizing(list(pending))  # the controller's own sizing: running plans at their predicted cost
     return PlanningContext(goal=goal, metric="score", baseline=base, history=list(history), champion=champion,
-                           experiments_left=goal.budget.max_experiments - len(history), hours_left=sz.left_s / 3600,
+                           experiments_left=goal.budget.max_experiments - len(history) - len(pending), hours_left=sz.left_s / 3600,
                            pending=list(pending), sizing=sz, on_gpu=True,
                            rungs=rung_seconds(goal, sizing(goal, 0, throughput, True), 8))
 

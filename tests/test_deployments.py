@@ -22,6 +22,7 @@ import sys
 import time
 import uuid
 from contextlib import contextmanager
+from datetime import datetime
 from pathlib import Path
 
 import httpx
@@ -240,8 +241,10 @@ def worker_logs(log_dir: Path) -> list[Service]:
 
 
 def e2e_goal(**overrides) -> dict:
-    """The tiny goal of the unit tests, dispatched two at a time."""
-    return tiny_goal(name="deploy-e2e", parallel_experiments=2, **overrides).model_dump(mode="json")
+    """The tiny goal of the unit tests, dispatched two at a time: two exploration trials at once, then
+    the scale-up of their winner (it waits for both)."""
+    return tiny_goal(name="deploy-e2e", parallel_experiments=2, budget={"max_experiments": 3},
+                     **overrides).model_dump(mode="json")
 
 
 # --------------------------------------------------------------------------- offline checks
@@ -453,18 +456,23 @@ def run_loop_from_ui(tmp_path: Path, tracking_uri: str, prefect_db: str | None =
 
             exp_dep = deployment(api, "experiment/experiment")
             runs = flow_runs(api, deployment_id={"any_": [exp_dep["id"]]})
-        assert len(runs) == 2, [r["name"] for r in runs]
+        assert len(runs) == 3, [r["name"] for r in runs]
         assert all(r["state_type"] == "COMPLETED" for r in runs), [(r["name"], r["state_name"]) for r in runs]
-        names = {r["labels"]["prefect.worker.name"] for r in runs}
+        runs.sort(key=lambda r: r["start_time"])
+        trials, scale_up = runs[:2], runs[2]
+        names = {r["labels"]["prefect.worker.name"] for r in trials}
         host = names and next(iter(names)).rsplit("-", 1)[0]
-        assert names == {f"{host}-0", f"{host}-1"}, f"both GPU workers must get one experiment: {names}"
+        assert names == {f"{host}-0", f"{host}-1"}, f"both GPU workers must get one trial: {names}"
+        when = datetime.fromisoformat
+        assert when(scale_up["start_time"]) >= max(when(r["end_time"]) for r in trials), \
+            "the scale-up continues the trials' winner: it starts once both are done"
         assert all(r["work_queue_name"] == "default" and r["idempotency_key"] for r in runs)
         assert all(r["parent_task_run_id"] for r in runs), "dispatched runs are the controller's subflows"
 
         client = MlflowClient(tracking_uri)
         exp = next(e for e in client.search_experiments() if e.name.startswith("intern-deploy-e2e-"))
         mlruns = client.search_runs([exp.experiment_id], "tags.`intern.kind` = 'experiment'")
-        assert len(mlruns) == 2
+        assert len(mlruns) == 3
         assert {r.data.tags["prefect.flow_run_id"] for r in mlruns} == {r["id"] for r in runs}
         assert all(r.data.tags["intern.state"] == "done" and r.info.status == "FINISHED" for r in mlruns), \
             [(r.info.status, r.data.tags.get("intern.failure")) for r in mlruns]
@@ -473,7 +481,7 @@ def run_loop_from_ui(tmp_path: Path, tracking_uri: str, prefect_db: str | None =
         assert {"baseline-dev", "baseline-test", "experiment", "report"} <= kinds
         # SQLite store: artifacts next to the db (mlintern.tracking); server: its --artifacts-destination
         artifacts = tmp_path / ("mlartifacts" if tracking_uri.startswith("sqlite:") else "artifacts")
-        assert len(list(artifacts.rglob("result.json"))) == 2, "artifacts stayed in tmp"
+        assert len(list(artifacts.rglob("result.json"))) == 3, "artifacts stayed in tmp"
 
 
 @pytest.mark.slow

@@ -76,7 +76,8 @@ class MultiFidelityPlanner:
         goal = ctx.goal
         pending = sum(sz.plan_job_seconds(p) for p in ctx.pending)
         spent = sz.used_s + pending
-        return (spent < goal.schedule.explore_fraction * sz.budget_s and ctx.experiments_left - len(ctx.pending) > 1
+        # experiments_left is already net of the running ones: one must stay for the scale-up
+        return (spent < goal.schedule.explore_fraction * sz.budget_s and ctx.experiments_left > 1
                 and not (goal.target_score is not None and _best(ctx) >= goal.target_score)
                 and not no_signal(ctx))
 
