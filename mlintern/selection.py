@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import math
 
-from mlintern.schemas import EvalScore
+from mlintern.schemas import EvalScore, LossTail
 
 
-def noise_margin(candidate: EvalScore, champion: EvalScore, z: float) -> float:
+def noise_margin(candidate: EvalScore | LossTail, champion: EvalScore | LossTail, z: float) -> float:
+    """z combined standard errors of two estimates (scores, or losses)."""
     se_c = candidate.stderr or 0.0
     se_h = champion.stderr or 0.0
     return z * math.sqrt(se_c**2 + se_h**2)

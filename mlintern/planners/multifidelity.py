@@ -25,7 +25,7 @@ from mlintern.planners.base import Planner, PlannerDone, PlannerWaiting, PlanRej
 from mlintern.planners.rules import fix_plan
 from mlintern.planners.search import ConfigProposer, default_config, make_plan, plan_params
 from mlintern.schemas import ExperimentPlan, ExperimentResult, Fidelity, Goal, PlanningContext
-from mlintern.selection import beats
+from mlintern.selection import beats, noise_margin
 
 log = logging.getLogger(__name__)
 SCALE_UP_MARGIN = 0.02  # of the whole budget, kept back for estimation error
@@ -60,11 +60,11 @@ class MultiFidelityPlanner:
                               f"({sz.used_s / sz.budget_s:.0%}); {sz.left_s:.0f} s cannot fund another experiment")
         if self.exploring(ctx, sz):
             return self._explore(ctx, sz)
-        if any(p.stage == "explore" for p in ctx.pending):
+        trials = sum(p.stage == "explore" for p in ctx.pending)
+        if trials:
             # a scale-up continues the exploration's winner, so it waits for the trials still running
             # (on 2 lanes one started from the base model beside the only trial and overspent: part 10d)
-            raise PlannerWaiting(f"waiting for {sum(p.stage == 'explore' for p in ctx.pending)} exploration "
-                                 "trial(s) to finish before scaling up their winner")
+            raise PlannerWaiting(f"waiting for {trials} exploration trial(s) to finish before scaling up their winner")
         running = sum(p.stage == "scale_up" for p in ctx.pending)
         if running and running >= min(ctx.lanes, ctx.goal.schedule.scale_up_lanes):
             # every scale-up lane is busy: what is left continues the chain once its run is done, rather
@@ -243,7 +243,7 @@ def loss_pick(ctx: PlanningContext) -> tuple[dict, str] | None:
         return None
     low = min((r for r in tied if r.plan.method == reference.plan.method), key=lambda r: r.recent_loss.value)
     a, b = low.recent_loss, reference.recent_loss
-    if low is reference or b.value - a.value <= z * (a.stderr ** 2 + b.stderr ** 2) ** 0.5:
+    if low is reference or b.value - a.value <= noise_margin(a, b, z):
         return None
     log.info("dev ties %d trials; %s has the lowest training loss (%.4f vs %.4f): scaling up its configuration",
              len(tied), low.plan_id, a.value, b.value)
