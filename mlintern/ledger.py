@@ -100,8 +100,9 @@ class GoalLedger:
         return score
 
     # ------------------------------------------------------------------ experiments
-    def start_run(self, plan: ExperimentPlan, flow_run_id: str | None) -> str:
-        """Create the MLflow run of one attempt at a plan; returns its id.
+    def start_run(self, plan: ExperimentPlan, flow_run_id: str | None, gpu: str | None = None) -> str:
+        """Create the MLflow run of one attempt at a plan (on the worker's GPU `gpu`, where it has one);
+        returns its id.
 
         A run of the same plan left unfinished by a killed process is marked KILLED (tag
         intern.state=interrupted) rather than reused, so no metric history is written twice."""
@@ -117,6 +118,8 @@ class GoalLedger:
             tags["intern.retry_of"] = plan.retry_of
         if flow_run_id:
             tags["prefect.flow_run_id"] = flow_run_id
+        if gpu:
+            tags["intern.gpu"] = gpu
         run_id = self.client.create_run(self.experiment_id, run_name=f"{plan.method.value}-{plan_id[:8]}",
                                         tags=tags).info.run_id
         params = flatten("plan", plan.model_dump(mode="json", exclude={"hypothesis", "rationale", "cited_papers"}))

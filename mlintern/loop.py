@@ -6,6 +6,7 @@ import time
 from dataclasses import dataclass, field
 
 from mlintern.budget import Sizing, Throughput, fit_throughput, prior_throughput, sizing
+from mlintern.schemas.sizing import final_reserve_s
 from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Failure, Goal
 from mlintern.selection import beats, noise_margin
 
@@ -64,6 +65,11 @@ class LoopState:
 
     def wall_left_s(self) -> float:
         return self.goal.budget.wall_time_minutes * 60 - (time.time() - self.started)
+
+    def experiment_wall_s(self) -> float:
+        """Wall-clock seconds an experiment started now may take: what is left of the wall-time budget,
+        less the final test and a dispatch (`final_reserve_s`)."""
+        return self.wall_left_s() - final_reserve_s(self.goal, self.throughput())
 
     def throughput(self) -> Throughput:
         return fit_throughput(self.prior, self.history)

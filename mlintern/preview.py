@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from mlintern.budget import Throughput, fmt_seconds, rung_seconds, sizing
 from mlintern.planners.multifidelity import MultiFidelityPlanner
+from mlintern.schemas.sizing import final_reserve_s
 from mlintern.schemas import CurvePoint, EvalScore, ExperimentResult, Goal, PlanningContext
 
 
@@ -18,7 +19,9 @@ def _ctx(goal: Goal, prior: Throughput, on_gpu: bool, history: list[ExperimentRe
     base = EvalScore(task="dev", metric="score", value=0.0, stderr=0.0, n=goal.benchmark.dev_size)
     return PlanningContext(goal=goal, metric="score", baseline=base, history=history, champion=champion,
                            experiments_left=goal.budget.max_experiments - len(history), hours_left=sz.left_s / 3600,
-                           sizing=sz, on_gpu=on_gpu, rungs=rung_seconds(goal, sizing(goal, 0, prior, on_gpu), 8))
+                           sizing=sz, on_gpu=on_gpu, rungs=rung_seconds(goal, sizing(goal, 0, prior, on_gpu), 8),
+                           # one GPU: the jobs so far took their accounted seconds of wall clock
+                           wall_left_s=goal.budget.wall_time_minutes * 60 - used - final_reserve_s(goal, prior))
 
 
 def _simulate(plan, prior: Throughput, dev_items: int, stop_at: float | None, value: float) -> ExperimentResult:
@@ -92,4 +95,20 @@ def preview(goal: Goal, prior: Throughput, on_gpu: bool, params: float) -> str:
         history.append(_simulate(plan, prior, goal.benchmark.dev_size, None, 0.6))
     used = sum(r.accelerator_hours for r in history) * 3600
     lines.append(f"Budget used in this dry run: {used:.0f} of {sz.budget_s:.0f} s ({used / sz.budget_s:.0%}).")
+    if (warning := wall_warning(goal, 1)) is not None:
+        lines.append(warning)
     return "\n".join(lines)
+
+
+def wall_warning(goal: Goal, lanes: int) -> str | None:
+    """A warning when the goal's wall-clock cap ends the loop before `lanes` GPUs can spend its accelerator
+    budget (the experiments are then sized to the wall clock, and the rest of the budget is not spent)."""
+    wall_s = goal.budget.wall_time_minutes * 60
+    budget_s = goal.budget.gpu_hours * 3600
+    if wall_s * lanes >= budget_s:
+        return None
+    return (f"Warning: the wall-clock cap ({fmt_seconds(wall_s)}, budget.wall_time_minutes) is shorter than "
+            f"{lanes} GPU{'s' if lanes > 1 else ''} need{'' if lanes > 1 else 's'} to spend the accelerator budget "
+            f"({fmt_seconds(budget_s)}): at most {wall_s * lanes / budget_s:.0%} of it can be spent. Raise "
+            f"budget.wall_time_minutes (--wall-minutes) to at least {budget_s / lanes / 60 * 1.1:.0f}, or run more "
+            "experiments in parallel.")

@@ -286,13 +286,23 @@ def test_dry_run_lists_the_sizes_for_the_readme_example():
     from mlintern.budget import prior_throughput
     from mlintern.preview import preview
 
-    goal = Goal(name="qwen-gpqa", base_model="Qwen/Qwen3-1.7B-Base", budget={"gpu_hours": 10},
-                search_space={"max_length": 1024})
-    text = preview(goal, prior_throughput(1.72e9, True, 400), True, 1.72e9)
+    prior = prior_throughput(1.72e9, True, 400)
+    goal = Goal(name="qwen-gpqa", base_model="Qwen/Qwen3-1.7B-Base",
+                budget={"gpu_hours": 10, "wall_time_minutes": 660}, search_space={"max_length": 1024})
+    text = preview(goal, prior, True, 1.72e9)
     assert "budget 10.00 h (36000 accelerator-seconds)" in text
     assert "trial 1 (the defaults: lr 5e-05, batch 8)" in text and "Scale-up" in text and "packed" in text
     used = float(text.split("Budget used in this dry run: ")[1].split(" of")[0])
     assert 0.9 * 36000 <= used <= 36000
+    assert "Warning" not in text
+
+    # the default wall-clock cap (60 minutes) ends such a loop after a tenth of its budget: the dry run says so
+    short = goal.model_copy(update={"budget": goal.budget.model_copy(update={"wall_time_minutes": 60})})
+    text = preview(short, prior, True, 1.72e9)
+    used = float(text.split("Budget used in this dry run: ")[1].split(" of")[0])
+    assert used <= 3600
+    assert "Warning: the wall-clock cap (1.00 h, budget.wall_time_minutes) is shorter than 1 GPU needs" in text
+    assert "at most 10% of it can be spent" in text and "at least 660" in text
 
 
 def test_exploration_that_cannot_rank_configurations_ends_early_and_the_budget_goes_to_the_scale_up():
@@ -398,3 +408,67 @@ def test_by_default_several_gpus_explore_in_parallel_but_the_scale_up_is_one_cha
     with pytest.raises(PlannerDone, match="budget spent"):
         MultiFidelityPlanner().propose(ctx(goal, history, champion=champion, pending=[chain]).model_copy(
             update={"lanes": 4}))
+
+
+def test_a_scale_up_is_sized_to_the_wall_clock_and_takes_as_many_gpus_as_spending_the_budget_in_time_needs():
+    """A goal's gpu_hours may be more than one GPU can spend before its wall_time_minutes (the defaults
+    are 1 GPU-hour in 60 minutes, and the loop's own time comes out of those). A scale-up sized to all
+    that was left was killed at the wall-clock cap and lost its whole run; it is now sized to the wall
+    clock, and with several GPUs the scale-up takes as many as spending the budget in time needs,
+    instead of one chain beside idle GPUs."""
+    from mlintern.planners.base import PlannerWaiting
+
+    goal = gpu_goal(300)
+    champion = simulated(MultiFidelityPlanner().propose(ctx(goal)), 0.5)
+    history = [champion]
+    while sum(r.accelerator_hours for r in history) * 3600 < 105:
+        history.append(simulated(MultiFidelityPlanner().propose(ctx(goal, history, champion=champion)), 0.1,
+                                 status="pruned", stop_at_s=5))
+    base = ctx(goal, history, champion=champion)
+    cost = base.sizing.plan_job_seconds
+    spendable = base.sizing.left_s - 6  # the 2% margin
+    assert spendable > 150
+
+    # one GPU, 100 s of wall clock left: the chain fits in it, and its job may not run past it
+    one = MultiFidelityPlanner().propose(base.model_copy(update={"wall_left_s": 100.0}))
+    assert one.stage == "scale_up" and 90 <= cost(one) <= 100
+    fid = fidelity_for(one, goal, base.sizing, history, base.rungs, wall_s=100.0)
+    assert fid.job_limit_s <= 100 and fid.time_limit_s <= 100
+    unbounded = MultiFidelityPlanner().propose(base)
+    assert cost(unbounded) == pytest.approx(spendable, abs=2), "without a wall-clock cap: all that is left"
+
+    # two GPUs and wall clock for about half of what is left: two scale-ups at once, each within it
+    def two_lanes(pending=(), wall=100.0):
+        return ctx(goal, history, champion=champion, pending=list(pending)).model_copy(
+            update={"lanes": 2, "wall_left_s": wall})
+
+    first = MultiFidelityPlanner().propose(two_lanes())
+    second = MultiFidelityPlanner().propose(two_lanes([first]))
+    assert first.stage == second.stage == "scale_up" and first.init_from == second.init_from == "champion"
+    assert cost(first) <= 100 and cost(second) <= 100
+    assert cost(first) + cost(second) == pytest.approx(min(spendable, 200), abs=12)
+
+    # ample wall clock: one chain, the other GPU waits for it (the default, part 8b)
+    chain = MultiFidelityPlanner().propose(two_lanes(wall=1000.0))
+    assert cost(chain) == pytest.approx(spendable, abs=2)
+    short = chain.model_copy(update={"hyperparameters": chain.hyperparameters.model_copy(update={"max_steps": 50})})
+    with pytest.raises(PlannerWaiting, match="scale-up chain's running segment"):
+        MultiFidelityPlanner().propose(two_lanes([short], wall=1000.0))
+    assert MultiFidelityPlanner().propose(two_lanes([short], wall=30.0)).stage == "scale_up", \
+        "... unless the chain's segment cannot spend the rest in time"
+
+    # no wall clock left for the cheapest job: the loop ends and says why
+    with pytest.raises(PlannerDone, match="wall-clock budget spent"):
+        MultiFidelityPlanner().propose(base.model_copy(update={"wall_left_s": 3.0}))
+
+
+def test_the_wall_clock_an_experiment_may_take_leaves_time_for_the_final_test():
+    import time
+
+    from mlintern.loop import LoopState
+
+    goal = Goal(name="g", budget={"gpu_hours": 1.0, "wall_time_minutes": 10}, benchmark={"test_size": 500})
+    base = EvalScore(task="dev", metric="score", value=0.01, stderr=0.005, n=300)
+    state = LoopState(goal=goal, baseline=base, prior=GPU, on_gpu=True, started=time.time() - 60)
+    # 540 s left, less the base model's and the champion's test (2 x (2 s + 500 x 0.01 s)), less a dispatch
+    assert state.experiment_wall_s() == pytest.approx(540 - 14 - 2, abs=1)

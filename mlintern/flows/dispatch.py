@@ -28,6 +28,7 @@ def dispatch_experiment(goal: Goal, plan: ExperimentPlan, init_model: str, timeo
         parameters=parameters,
         idempotency_key=f"{goal.goal_id()}-{plan_id}",
         timeout=None,
+        poll_interval=1,  # Prefect's default 5 s left a GPU idle 2.5 s on average after each experiment
         as_subflow=True,
     )
     result = GoalLedger.open(goal).result(plan_id)

@@ -61,7 +61,7 @@ def experiment(
     settings = get_settings()
     ledger = GoalLedger.open(goal)
     plan_id = plan.plan_id()
-    run_id = ledger.start_run(plan, flow_run.get_id())
+    run_id = ledger.start_run(plan, flow_run.get_id(), gpu=os.environ.get("INTERN_GPU_ID"))
     out_dir = settings.work_dir.resolve() / "runs" / goal.goal_id() / plan_id
     result = ExperimentResult(plan_id=plan_id, plan=plan, status="failed", mlflow_run_id=run_id)
     if llm_transcript is not None:  # how the plan was made: the audit trail sits with its run

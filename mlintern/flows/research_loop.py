@@ -24,6 +24,7 @@ from mlintern.planners import Planner, PlanRejected, make_planner
 from mlintern.planners.base import PlannerDone
 from mlintern.planners.fallback import take_transcript
 from mlintern.planners.multifidelity import fidelity_for
+from mlintern.preview import wall_warning
 from mlintern.progress import markdown_image, progress_png
 from mlintern.report import render_report
 from mlintern.retention import enforce as enforce_retention
@@ -63,6 +64,8 @@ def research_loop(goal: Goal) -> LoopReport:
     print(f"Planner: {planner.name}. Budget: {fmt_seconds(state.budget_s)} of accelerator time, "
           f"{goal.budget.max_experiments} experiments at most; throughput prior: {state.prior.describe()}; "
           f"exploration dev checks at {', '.join(f'{r:.1f}' for r in state.rungs)} s of training.")
+    if (warning := wall_warning(goal, get_settings().experiment_deployment and goal.parallel_experiments or 1)):
+        logger.warning(warning)
     if planner.name.startswith("multi-fidelity (optuna") and goal.planner == "auto":
         print("No LLM configured: configurations come from Optuna TPE. Set INTERN_LLM_MODEL "
               "(e.g. openai/gpt-4o-mini) to let an LLM propose them.")
@@ -102,7 +105,7 @@ def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenc
                 if plan is None:
                     break
                 fidelity = fidelity_for(plan, goal, state.sizing(list(in_flight.values())), state.history, state.rungs,
-                                        lanes=width)
+                                        lanes=width, wall_s=state.experiment_wall_s())
                 run = _runner(goal, plan, state, base_model, fidelity, dispatch)
                 if not dispatch:  # embedded: the experiment is a subflow in this thread
                     finish(run(), state, bench, base_model, ledger, planner)
@@ -137,6 +140,7 @@ def next_plan(planner: Planner, state: LoopState, bench: PreparedBenchmark, lite
         eval_files=[str(f) for f in bench.eval_files()],
         failure=failure[0] if failure else None, failure_plan=failure[1] if failure else None,
         sizing=state.sizing(pending), on_gpu=state.on_gpu, rungs=state.rungs, lanes=lanes,
+        wall_left_s=state.experiment_wall_s(),
         llm_dollars=state.llm_dollars,
     )
     try:

@@ -7,8 +7,8 @@
    top 1/eta of the trials that reached that rung, so most trials cost R/eta**(rungs-1).
 2. Scale up (the rest): the champion (the best configuration, beyond evaluation noise) is continued
    on fresh rows with everything that is left, in one run (or `schedule.scale_up_lanes` parallel
-   ones); if measurement error leaves budget over, another continuation follows, until what is left
-   cannot fund an experiment.
+   ones, or as many as the wall-clock cap needs to spend it); if measurement error leaves budget
+   over, another continuation follows, until what is left cannot fund an experiment.
 
 Nothing here writes a scheduler: the promotion decision is Optuna's pruner, the configurations are
 Optuna's sampler (or the LLM); this module only decides which phase the budget is in and sizes plans.
@@ -17,6 +17,7 @@ Optuna's sampler (or the LLM); this module only decides which phase the budget i
 from __future__ import annotations
 
 import logging
+import math
 from dataclasses import dataclass
 
 from mlintern.budget import Sizing, paced_steps, rung_seconds
@@ -58,6 +59,10 @@ class MultiFidelityPlanner:
         if sz.left_s < cheapest:
             raise PlannerDone(f"budget spent: {sz.used_s:.0f} of {sz.budget_s:.0f} accelerator-seconds used "
                               f"({sz.used_s / sz.budget_s:.0%}); {sz.left_s:.0f} s cannot fund another experiment")
+        if ctx.wall_left_s is not None and ctx.wall_left_s < cheapest:
+            raise PlannerDone(f"wall-clock budget spent: {max(0.0, ctx.wall_left_s):.0f} s left before the final "
+                              f"test cannot fit another experiment ({cheapest:.0f} s at least); "
+                              f"{sz.used_s:.0f} of {sz.budget_s:.0f} accelerator-seconds used")
         if self.exploring(ctx, sz):
             return self._explore(ctx, sz)
         trials = sum(p.stage == "explore" for p in ctx.pending)
@@ -66,7 +71,7 @@ class MultiFidelityPlanner:
             # (on 2 lanes one started from the base model beside the only trial and overspent: part 10d)
             raise PlannerWaiting(f"waiting for {trials} exploration trial(s) to finish before scaling up their winner")
         running = sum(p.stage == "scale_up" for p in ctx.pending)
-        if running and running >= min(ctx.lanes, ctx.goal.schedule.scale_up_lanes):
+        if running and running >= scale_up_lanes(ctx, sz):
             # every scale-up lane is busy: what is left continues the chain once its run is done, rather
             # than forking the same champion on another GPU (2 lanes on CPU did that: part 10d)
             raise PlannerWaiting(f"waiting for the scale-up chain's running segment to finish ({running} running)")
@@ -89,6 +94,8 @@ class MultiFidelityPlanner:
             return validate_plan(plan, ctx)
         params = self.configs.propose_config(ctx, trials, ctx.goal.schedule.reduction_factor)
         steps = sz.throughput.steps_in(rungs[-1], params["batch_size"], params["method"])
+        if ctx.wall_left_s is not None:  # a trial too long for the wall clock is cut to it
+            steps = min(steps, sz.steps_for_job(ctx.wall_left_s, params["batch_size"], params["method"], len(rungs)))
         steps = min(sz.max_steps, max(sz.min_steps, steps))
         plan = make_plan(params, steps, ctx, stage="explore", seed=0,
                          rationale=f"Exploration trial {len(trials) + len(ctx.pending) + 1}: Optuna TPE "
@@ -137,8 +144,7 @@ class MultiFidelityPlanner:
         job_s = _lane_share(ctx, sz, running)
         steps = min(sz.max_steps, sz.steps_for_job(job_s, params["batch_size"], params["method"]))
         if steps < sz.min_steps:
-            raise PlannerDone(f"budget spent: {sz.used_s:.0f} of {sz.budget_s:.0f} accelerator-seconds used "
-                              f"({sz.used_s / sz.budget_s:.0%})")
+            raise PlannerDone(_spent(ctx, sz))
         segment = 1 + sum(r.plan.stage == "scale_up" for r in ctx.history) + running
         plan = make_plan(params, steps, ctx, stage="scale_up", init_from=init, seed=segment, base=base,
                          rationale=f"Scale-up {segment}: continue {source} on fresh rows with "
@@ -155,8 +161,7 @@ class MultiFidelityPlanner:
         if ctx.goal.search_space.max_steps is not None:
             steps = min(steps, ctx.goal.search_space.max_steps[1])
         if steps < sz.min_steps:
-            raise PlannerDone(f"budget spent: {sz.used_s:.0f} of {sz.budget_s:.0f} accelerator-seconds used "
-                              f"({sz.used_s / sz.budget_s:.0%})")
+            raise PlannerDone(_spent(ctx, sz))
         segment = 1 + sum(r.plan.stage == "scale_up" for r in ctx.history) + sum(p.stage == "scale_up" for p in ctx.pending)
         rows = max(8, int(paced_steps("scale_up", steps) * eps))
         if ctx.goal.search_space.num_examples is not None:
@@ -253,7 +258,7 @@ def loss_pick(ctx: PlanningContext) -> tuple[dict, str] | None:
 
 
 def fidelity_for(plan: ExperimentPlan, goal: Goal, sz: Sizing, history: list[ExperimentResult],
-                 rungs: list[float], lanes: int = 1) -> Fidelity:
+                 rungs: list[float], lanes: int = 1, wall_s: float | None = None) -> Fidelity:
     """Dev checks (rungs) and the training-time cap of one run. Exploration trials get the rungs (the
     same for every trial of the goal, so values line up) and their peers' rung values (so the pruner
     can compare); every run gets a time cap that keeps it inside what is left of the budget.
@@ -261,11 +266,15 @@ def fidelity_for(plan: ExperimentPlan, goal: Goal, sz: Sizing, history: list[Exp
     `lanes`: experiments the loop may run at once. With one, a job may use all that is left (an overrun
     only shrinks the next plan). With several, the plans made while this one runs count on its
     predicted cost, so its job may spend only that plus the scale-up margin (a 2-lane loop whose jobs
-    could each use all that was left spent 115% of its budget on 2 x H100, bench/RESULTS.md part 10c)."""
-    cap = max(1.0, sz.train_seconds_for_job(sz.left_s))  # never train past what is left of the budget
+    could each use all that was left spent 115% of its budget on 2 x H100, bench/RESULTS.md part 10c).
+
+    `wall_s`: wall-clock seconds the job may take before the goal's wall-time cap (less the final test);
+    neither its training nor the job runs past it."""
+    room = sz.left_s if wall_s is None else max(0.0, min(sz.left_s, wall_s))
+    cap = max(1.0, sz.train_seconds_for_job(room))  # never train past what is left of the budget
     # ... counting the job's real load, data and save times too: on one H200 shared by four arms, a
     # scale-up's non-training parts took 23 s against 6 s predicted, and the loop spent 118% of its budget
-    limit = sz.left_s
+    limit = room
     if lanes > 1:
         checks = len(rungs) if plan.stage == "explore" else 1
         limit = min(limit, sz.plan_job_seconds(plan, dev_checks=checks) + SCALE_UP_MARGIN * sz.budget_s)
@@ -290,12 +299,34 @@ def pacing(plan: ExperimentPlan, sz: Sizing, cap: float) -> dict:
     return {"target_train_s": round(target, 3), "max_steps_bound": bound}
 
 
+def scale_up_lanes(ctx: PlanningContext, sz: Sizing) -> int:
+    """Scale-up runs at once: `schedule.scale_up_lanes` of the loop's lanes (by default 1, one chain: the
+    deepest model a budget of GPU-seconds buys), raised to as many lanes as it takes to spend what is
+    left before the wall-clock cap. A GPU left idle then is budget the goal can no longer spend: a goal of
+    2 GPU-hours in 60 minutes on 2 GPUs needs both."""
+    lanes = min(ctx.lanes, ctx.goal.schedule.scale_up_lanes)
+    if ctx.wall_left_s is None or lanes >= ctx.lanes:
+        return lanes
+    # the running segments hold their lanes for their predicted cost; what is left fills lanes of wall clock
+    running_s = sum(sz.plan_job_seconds(p) for p in ctx.pending if p.stage == "scale_up")
+    spendable = max(0.0, sz.left_s - SCALE_UP_MARGIN * sz.budget_s) + running_s
+    return min(ctx.lanes, max(lanes, math.ceil(spendable / max(1.0, ctx.wall_left_s))))
+
+
 def _lane_share(ctx: PlanningContext, sz: Sizing, running: int) -> float:
     """Accelerator seconds for the next scale-up: what is left (running experiments counted at their
     predicted cost), minus a margin, divided among the scale-up lanes that have no run yet
-    (`schedule.scale_up_lanes` of the GPUs; by default one chain, the others idle once exploring is done)."""
-    lanes = min(ctx.lanes, ctx.goal.schedule.scale_up_lanes)
-    return (sz.left_s - SCALE_UP_MARGIN * sz.budget_s) / max(1, lanes - running)
+    (`scale_up_lanes`), and no more than one GPU can spend before the wall-clock cap."""
+    share = (sz.left_s - SCALE_UP_MARGIN * sz.budget_s) / max(1, scale_up_lanes(ctx, sz) - running)
+    return share if ctx.wall_left_s is None else min(share, ctx.wall_left_s)
+
+
+def _spent(ctx: PlanningContext, sz: Sizing) -> str:
+    """Why no scale-up can be funded: the accelerator budget, or the wall clock when that is what binds."""
+    used = f"{sz.used_s:.0f} of {sz.budget_s:.0f} accelerator-seconds used ({sz.used_s / sz.budget_s:.0%})"
+    if ctx.wall_left_s is not None and ctx.wall_left_s < sz.left_s - SCALE_UP_MARGIN * sz.budget_s:
+        return f"wall-clock budget spent: {max(0.0, ctx.wall_left_s):.0f} s left before the final test; {used}"
+    return f"budget spent: {used}"
 
 
 def _default_batch(ctx: PlanningContext) -> int:

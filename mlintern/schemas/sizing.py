@@ -110,6 +110,12 @@ class Sizing(BaseModel):
         return self.throughput.steps_in(self.train_seconds_for_job(job_s, dev_checks), examples_per_step, method)
 
 
+def final_reserve_s(goal: Goal, throughput: Throughput) -> float:
+    """Wall-clock seconds kept back from the goal's wall_time_minutes for what follows the last experiment
+    (the held-out test of the base model and of the champion) and for one experiment's dispatch."""
+    return 2 * (throughput.fixed_s + throughput.eval_seconds(goal.benchmark.test_size)) + throughput.fixed_s
+
+
 def default_batch_sizes(on_gpu: bool) -> list[int]:
     return [8, 16, 32, 64] if on_gpu else [4, 8]
 
