@@ -197,3 +197,36 @@ def test_crash_resume_at_several_points_loses_and_duplicates_nothing(tmp_path, s
         "the final report was written after the last restart"
     print(f"crash points tried: {kills}; finished experiments: {len(done)}; interrupted runs marked: "
           f"{len(interrupted)}; runs lost: 0")
+
+
+def test_a_planner_answer_is_not_retried_but_a_planner_failure_is(prefect_harness):
+    """PlannerDone / PlannerWaiting are answers: the plan task used to retry them after 10 s, holding the
+    controller while a finished experiment's GPU waited for its next one (2 CPU lanes: 10-25 s gaps)."""
+    import time
+
+    from prefect import flow
+
+    from mlintern.planners.base import PlannerDone, PlannerWaiting
+    from mlintern.tasks.plan import plan_next
+
+    class Asked:
+        def __init__(self, exc):
+            self.exc, self.calls = exc, 0
+
+        def propose(self, ctx):
+            self.calls += 1
+            raise self.exc
+
+    @flow
+    def ask(planner):
+        return plan_next(planner, None)
+
+    for answer in (PlannerWaiting("waiting for 1 exploration trial(s)"), PlannerDone("budget spent")):
+        planner, start = Asked(answer), time.time()
+        with pytest.raises(type(answer)):
+            ask(planner)
+        assert planner.calls == 1 and time.time() - start < 5, f"{type(answer).__name__} was retried"
+    failing = Asked(ConnectionError("provider outage"))
+    with pytest.raises(ConnectionError):
+        ask(failing)
+    assert failing.calls == 2, "a failure gets its one retry"

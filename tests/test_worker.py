@@ -48,13 +48,15 @@ def job_for(intern_env, smol_model):
     mlflow_client = MlflowClient()
     exp = mlflow_client.create_experiment(f"worker-{intern_env.name}")
 
-    def make(name: str, steps: int = 2, fidelity: Fidelity | None = None, faults=None) -> tuple[TrainJob, str]:
+    def make(name: str, steps: int = 2, fidelity: Fidelity | None = None, faults=None,
+             confirm: bool = False) -> tuple[TrainJob, str]:
         run_id = mlflow_client.create_run(exp).info.run_id
         plan = ExperimentPlan(hyperparameters={"max_steps": steps, "per_device_batch_size": 2, "max_length": 64,
                                                "learning_rate": 1e-4}, dataset={"seed": len(name)})
         job = TrainJob(plan=plan, model_path=smol_model, data_path=sft_rows(intern_env / f"{name}.jsonl", n=8 * steps),
                        output_dir=str(intern_env / name), device="cpu", evaluation=eval_spec(bench, "dev", "cpu"),
                        fidelity=fidelity or Fidelity(), mlflow_run_id=run_id,
+                       confirmation=eval_spec(bench, "confirm", "cpu") if confirm else None,
                        tracking_uri=get_settings().resolved_tracking_uri(), faults=faults)
         return job, run_id
 
@@ -77,6 +79,25 @@ def test_worker_runs_jobs_in_one_process_and_keeps_the_model(job_for, intern_env
     assert 0 <= fixed < r2.job_seconds
     assert "loss" in MlflowClient().get_run(run1).data.metrics, "trl's step metrics reach the job's run"
     assert b"'loss'" in (intern_env / "a.log").read_bytes() or (intern_env / "a.log").stat().st_size > 0
+
+
+def test_a_candidate_that_beats_the_champion_on_dev_is_confirmed_in_the_job_from_the_weights_in_memory(
+        job_for, intern_env):
+    """The confirmation check was a second model load in the controller, on a GPU the next experiment was
+    waiting for (2 CPU lanes: a 25 s gap after a trial). The job now scores it while the weights are loaded."""
+    from mlintern.schemas import EvalScore
+
+    floor = EvalScore(task="dev", metric="score", value=-1.0, stderr=0.0, n=6)  # every run beats it
+    job, _ = job_for("confirmed", fidelity=Fidelity(confirm_above=floor, noise_z=0), confirm=True)
+    out = client.submit(WorkerRequest(kind="train", train=job, log_path=str(intern_env / "c.log")), 900).outcome
+    assert out.status == "succeeded" and out.dev.n == 6
+    assert out.confirm is not None and out.confirm.n == 6 and out.confirm.task != out.dev.task
+    assert out.phases["confirm_eval"] > 0 and out.eval_seconds >= out.phases["confirm_eval"]
+
+    ceiling = EvalScore(task="dev", metric="score", value=2.0, stderr=0.0, n=6)  # no run beats it
+    job, _ = job_for("not-confirmed", fidelity=Fidelity(confirm_above=ceiling, noise_z=0), confirm=True)
+    out = client.submit(WorkerRequest(kind="train", train=job, log_path=str(intern_env / "n.log")), 900).outcome
+    assert out.status == "succeeded" and out.confirm is None and "confirm_eval" not in out.phases
 
 
 def test_a_trial_below_its_peers_is_pruned_at_its_first_rung(job_for, intern_env):

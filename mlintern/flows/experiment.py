@@ -74,7 +74,8 @@ def experiment(
         job = TrainJob(plan=plan, model_path=init_model, data_path=built.path, output_dir=str(out_dir),
                        device=goal.device, seed=goal.seed, benchmark_kind=goal.benchmark.kind,
                        benchmark_metric=bench.metric, fidelity=fidelity or Fidelity(),
-                       evaluation=eval_spec(bench, "dev", goal.device))
+                       evaluation=eval_spec(bench, "dev", goal.device),
+                       confirmation=eval_spec(bench, "confirm", goal.device) if bench.confirm_task else None)
         with gpu_slot():
             outcome = train(job, run_id, ledger.tracking_uri, timeout_s or settings.train_timeout_s)
         result = record_outcome(result, outcome)

@@ -105,7 +105,8 @@ def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenc
                 if plan is None:
                     break
                 fidelity = fidelity_for(plan, goal, state.sizing(list(in_flight.values())), state.history, state.rungs,
-                                        lanes=width, wall_s=state.experiment_wall_s())
+                                        lanes=width, wall_s=state.experiment_wall_s(),
+                                        confirm_above=state.best if bench.confirm_task else None)
                 run = _runner(goal, plan, state, base_model, fidelity, dispatch)
                 if not dispatch:  # embedded: the experiment is a subflow in this thread
                     finish(run(), state, bench, base_model, ledger, planner)
@@ -196,9 +197,10 @@ def confirm(result: ExperimentResult, state: LoopState, bench: PreparedBenchmark
             result.accelerator_hours += seconds / 3600
     else:
         champion = base_score(ledger, "confirm", base_model, bench)
-    result.confirm, seconds = timed_evaluate(result.model_path, bench, "confirm", goal.device)
-    result.eval_seconds += seconds
-    result.accelerator_hours += seconds / 3600
+    if result.confirm is None:  # else the job scored it from the weights in memory (Fidelity.confirm_above)
+        result.confirm, seconds = timed_evaluate(result.model_path, bench, "confirm", goal.device)
+        result.eval_seconds += seconds
+        result.accelerator_hours += seconds / 3600
     candidate_pooled, champion_pooled = pooled(result.dev, result.confirm), pooled(state.best, champion)
     result.confirmed = beats(candidate_pooled, champion_pooled, goal.stop.noise_z)
     if not result.confirmed:

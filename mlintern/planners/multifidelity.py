@@ -25,7 +25,7 @@ from mlintern.llm import LLMClient
 from mlintern.planners.base import Planner, PlannerDone, PlannerWaiting, PlanRejected, validate_plan
 from mlintern.planners.rules import fix_plan
 from mlintern.planners.search import ConfigProposer, default_config, make_plan, plan_params
-from mlintern.schemas import ExperimentPlan, ExperimentResult, Fidelity, Goal, PlanningContext
+from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Fidelity, Goal, PlanningContext
 from mlintern.selection import beats, noise_margin
 
 log = logging.getLogger(__name__)
@@ -258,7 +258,8 @@ def loss_pick(ctx: PlanningContext) -> tuple[dict, str] | None:
 
 
 def fidelity_for(plan: ExperimentPlan, goal: Goal, sz: Sizing, history: list[ExperimentResult],
-                 rungs: list[float], lanes: int = 1, wall_s: float | None = None) -> Fidelity:
+                 rungs: list[float], lanes: int = 1, wall_s: float | None = None,
+                 confirm_above: EvalScore | None = None) -> Fidelity:
     """Dev checks (rungs) and the training-time cap of one run. Exploration trials get the rungs (the
     same for every trial of the goal, so values line up) and their peers' rung values (so the pruner
     can compare); every run gets a time cap that keeps it inside what is left of the budget.
@@ -269,7 +270,8 @@ def fidelity_for(plan: ExperimentPlan, goal: Goal, sz: Sizing, history: list[Exp
     could each use all that was left spent 115% of its budget on 2 x H100, bench/RESULTS.md part 10c).
 
     `wall_s`: wall-clock seconds the job may take before the goal's wall-time cap (less the final test);
-    neither its training nor the job runs past it."""
+    neither its training nor the job runs past it. `confirm_above`: the champion's dev score, for the job to
+    score the confirmation set itself if it beats it (its tail then holds a second dev-sized check)."""
     room = sz.left_s if wall_s is None else max(0.0, min(sz.left_s, wall_s))
     cap = max(1.0, sz.train_seconds_for_job(room))  # never train past what is left of the budget
     # ... counting the job's real load, data and save times too: on one H200 shared by four arms, a
@@ -278,8 +280,10 @@ def fidelity_for(plan: ExperimentPlan, goal: Goal, sz: Sizing, history: list[Exp
     if lanes > 1:
         checks = len(rungs) if plan.stage == "explore" else 1
         limit = min(limit, sz.plan_job_seconds(plan, dev_checks=checks) + SCALE_UP_MARGIN * sz.budget_s)
+    checks_after = 2 if confirm_above is not None else 1
     guard = {"job_limit_s": round(limit, 3),
-             "tail_s": round(sz.throughput.eval_seconds(sz.dev_items) + sz.throughput.fixed_s / 2, 3)}
+             "tail_s": round(sz.throughput.eval_seconds(sz.dev_items * checks_after) + sz.throughput.fixed_s / 2, 3),
+             "confirm_above": confirm_above, "noise_z": goal.stop.noise_z}
     if plan.stage != "explore":
         return Fidelity(time_limit_s=cap, **guard, **pacing(plan, sz, cap))
     peers = [{p.rung: p.value for p in r.curve if p.rung is not None}

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from enum import Enum
 
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel, ConfigDict, Field
 
 BUILTIN_BASE_MODEL = "builtin:smollm2-135m-instruct"
 
@@ -23,3 +23,13 @@ class Method(str, Enum):
     sft = "sft"
     dpo = "dpo"
     grpo = "grpo"
+
+
+class EvalScore(_Model):
+    """One evaluation of a model on one split."""
+
+    task: str = Field(description="The benchmark task (and split) scored.")
+    metric: str = Field(description="The metric's name, e.g. score, acc or exact_match.")
+    value: float = Field(description="The metric's value, 0 to 1 (higher is better).")
+    stderr: float | None = Field(None, description="Standard error of value.")
+    n: int = Field(0, description="Items scored.")

@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import Field, field_validator, model_validator
 
-from mlintern.schemas.common import Method, _Model
+from mlintern.schemas.common import EvalScore, Method, _Model
 
 
 class DatasetRecipe(_Model):
@@ -248,3 +248,8 @@ class Fidelity(_Model):
     rung_dev_items: int | None = Field(None, description="Dev items scored at a rung (None: all).")
     peers: list[dict[int, float]] = Field(
         default_factory=list, description="Rung values of finished trials: rung index -> dev score.")
+    confirm_above: EvalScore | None = Field(
+        None, description="The champion's dev score when the run was dispatched: if the run's final dev score beats "
+        "it beyond `noise_z` combined standard errors, the job also scores the confirmation set, from the weights in "
+        "memory (the check the loop makes before promoting a candidate), instead of the controller reloading them.")
+    noise_z: float = Field(1.0, ge=0, description="The goal's stop.noise_z, for `confirm_above`.")

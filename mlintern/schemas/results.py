@@ -13,7 +13,7 @@ from typing import Any, Literal
 
 from pydantic import AliasChoices, Field, model_validator
 
-from mlintern.schemas.common import _Model
+from mlintern.schemas.common import EvalScore, _Model  # noqa: F401  (EvalScore: re-exported)
 from mlintern.schemas.goal import Goal
 from mlintern.schemas.plan import ExperimentPlan
 
@@ -34,16 +34,6 @@ class Failure(_Model):
                               "disk_full or crash.")
     message: str = Field(description="The error message.")
     log_tail: str = Field("", description="The last lines of the job's log.")
-
-
-class EvalScore(_Model):
-    """One evaluation of a model on one split."""
-
-    task: str = Field(description="The benchmark task (and split) scored.")
-    metric: str = Field(description="The metric's name, e.g. score, acc or exact_match.")
-    value: float = Field(description="The metric's value, 0 to 1 (higher is better).")
-    stderr: float | None = Field(None, description="Standard error of value.")
-    n: int = Field(0, description="Items scored.")
 
 
 class LossTail(_Model):

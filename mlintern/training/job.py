@@ -23,6 +23,9 @@ class TrainJob(BaseModel):
     fidelity: Fidelity = Field(default_factory=Fidelity)
     evaluation: EvalSpec | None = Field(
         None, description="Score dev in the job, from the weights in memory (rungs and the final check).")
+    confirmation: EvalSpec | None = Field(
+        None, description="The confirmation set, scored in the job after the final dev check when that beats "
+        "fidelity.confirm_above.")
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
     # Fault injection for tests and drills (never set by a planner), e.g. {"oom_above_batch": 4}.
@@ -48,6 +51,7 @@ class TrainOutcome(BaseModel):
     job_seconds: float = Field(  # the whole job as its runner saw it (fresh process: imports too)
         0.0, validation_alias=AliasChoices("job_seconds", "wall_seconds"))
     dev: EvalScore | None = None
+    confirm: EvalScore | None = None  # scored in the job when dev beat fidelity.confirm_above
     curve: list[CurvePoint] = Field(default_factory=list)
     pruned_at: float | None = None
     stopped_by_time_limit: bool = False

@@ -185,6 +185,7 @@ def run(job: TrainJob, faults: dict | None = None, cache=None) -> TrainOutcome:
     """Train `job`, check dev at its rungs (pruning), score dev at the end and save, all from the
     weights in memory. Raises on failure (the caller classifies); returns the outcome otherwise."""
     from mlintern.evaluation.lmeval import evaluate_loaded
+    from mlintern.selection import beats
     from mlintern.training.loading import load_for_training
     from mlintern.training.pruning import FidelityCallback
     from mlintern.training.sft import attn_implementation
@@ -236,6 +237,12 @@ def run(job: TrainJob, faults: dict | None = None, cache=None) -> TrainOutcome:
                 fidelity.check(steps, None)
             outcome.dev = fidelity.last_score
         phases["final_eval"] = time.time() - mark
+        above = job.fidelity.confirm_above
+        if job.confirmation is not None and above is not None and outcome.dev is not None and beats(
+                outcome.dev, above, job.fidelity.noise_z):
+            mark = time.time()
+            outcome.confirm = evaluate_loaded(trainer.model, tokenizer, job.confirmation, seed=job.seed)
+            phases["confirm_eval"] = time.time() - mark
         mark = time.time()
         out = Path(job.output_dir) / "model"
         save_model(trainer, out, faults)
@@ -244,7 +251,7 @@ def run(job: TrainJob, faults: dict | None = None, cache=None) -> TrainOutcome:
     elif fidelity.last_score is not None:
         outcome.dev = fidelity.last_score  # the pruned trial's last rung
     outcome.curve = fidelity.curve
-    outcome.eval_seconds = fidelity.eval_seconds
+    outcome.eval_seconds = fidelity.eval_seconds + phases.get("confirm_eval", 0.0)
     outcome.train_seconds = time.time() - start
     outcome.phases = {k: round(v, 3) for k, v in phases.items()}
     return outcome
