@@ -79,10 +79,10 @@ class MultiFidelityPlanner:
 
     def exploring(self, ctx: PlanningContext, sz: Sizing) -> bool:
         goal = ctx.goal
-        pending = sum(sz.plan_job_seconds(p) for p in ctx.pending)
-        spent = sz.used_s + pending
-        # experiments_left is already net of the running ones: one must stay for the scale-up
-        return (spent < goal.schedule.explore_fraction * sz.budget_s and ctx.experiments_left > 1
+        # the loop's sizing already counts the running experiments at their predicted cost (LoopState.sizing),
+        # as experiments_left is already net of them: adding them again held 2 x H200 lanes to one trial at a
+        # time, the other GPU idle (bench/RESULTS.md part 11). One experiment must stay for the scale-up.
+        return (sz.used_s < goal.schedule.explore_fraction * sz.budget_s and ctx.experiments_left > 1
                 and not (goal.target_score is not None and _best(ctx) >= goal.target_score)
                 and not no_signal(ctx))
 
