@@ -34,6 +34,8 @@ from mlintern.schemas.sizing import (  # noqa: F401  (re-exported: mlintern.budg
     Sizing,
     Throughput,
     default_batch_sizes,
+    explore_budget_s,
+    final_reserve_s,
     prior_throughput,
     sizing,
 )
@@ -137,7 +139,7 @@ def _fit_line(prior: Throughput, points: list[tuple[int, float, int, float]]) ->
     return a, b
 
 
-def rung_seconds(goal: Goal, sz: Sizing, batch: int) -> list[float]:
+def rung_seconds(goal: Goal, sz: Sizing, batch: int, lanes: int = 1) -> list[float]:
     """Training-clock seconds of the dev checks of an exploration trial.
 
     An exploration trial is sized to train R = explore budget / 3 seconds (the first trial, with
@@ -146,7 +148,7 @@ def rung_seconds(goal: Goal, sz: Sizing, batch: int) -> list[float]:
     there are fewer rungs. Fixed from the goal's total budget so rungs line up across trials."""
     sched = goal.schedule
     eta = sched.reduction_factor
-    explore_s = sched.explore_fraction * sz.budget_s
+    explore_s = explore_budget_s(goal, lanes)
     trial_job_s = explore_s / 3
     full = sz.train_seconds_for_job(trial_job_s, dev_checks=sched.rungs)
     floor = max(sz.throughput.train_seconds(sched.min_trial_steps, batch), sched.min_rung_fraction * sz.budget_s)

@@ -5,8 +5,7 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass, field
 
-from mlintern.budget import Sizing, Throughput, fit_throughput, prior_throughput, sizing
-from mlintern.schemas.sizing import final_reserve_s
+from mlintern.budget import Sizing, Throughput, final_reserve_s, fit_throughput, prior_throughput, sizing
 from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Failure, Goal
 from mlintern.selection import beats, noise_margin
 

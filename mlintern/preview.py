@@ -7,9 +7,8 @@ the hardware measures.
 
 from __future__ import annotations
 
-from mlintern.budget import Throughput, fmt_seconds, rung_seconds, sizing
+from mlintern.budget import Throughput, explore_budget_s, final_reserve_s, fmt_seconds, rung_seconds, sizing
 from mlintern.planners.multifidelity import MultiFidelityPlanner
-from mlintern.schemas.sizing import final_reserve_s
 from mlintern.schemas import CurvePoint, EvalScore, ExperimentResult, Goal, PlanningContext
 
 
@@ -53,9 +52,10 @@ def preview(goal: Goal, prior: Throughput, on_gpu: bool, params: float) -> str:
         f"Plan bounds now, for any planner (the LLM's plans are held to them): {sz.min_steps}-{sz.max_steps} "
         f"optimizer steps, micro-batch {sz.batch_sizes}, one epoch of fresh rows (steps x batch).",
     ]
-    explore_s = goal.schedule.explore_fraction * sz.budget_s
+    explore_s = explore_budget_s(goal, 1)
     rungs = ctx.rungs
-    lines.append(f"Exploration: {goal.schedule.explore_fraction:.0%} of the budget ({fmt_seconds(explore_s)}). Each trial "
+    lines.append(f"Exploration: {goal.schedule.explore_fraction:.0%} of the budget ({fmt_seconds(explore_s)}"
+                 f"{', of what the wall clock lets one GPU spend' if explore_s < goal.schedule.explore_fraction * sz.budget_s else ''}). Each trial "
                  f"trains up to {fmt_seconds(rungs[-1])} from the base model, with dev checks at "
                  f"{', '.join(fmt_seconds(r) for r in rungs)} of training; Optuna's successive-halving pruner "
                  f"(eta {goal.schedule.reduction_factor}) stops it at a check unless it is in the top third there.")

@@ -305,6 +305,9 @@ def test_dry_run_lists_the_sizes_for_the_readme_example():
     assert used <= 3600
     assert "Warning: the wall-clock cap (1.00 h, budget.wall_time_minutes) is shorter than 1 GPU needs" in text
     assert "at most 10% of it can be spent" in text and "at least 660" in text
+    # ... and explores a share of what it can spend, so a scale-up still follows (a share of the nominal
+    # 10 h made the first trial take the whole hour)
+    assert "(21.0 min, of what the wall clock lets one GPU spend)" in text and "Scale-up" in text
 
 
 def test_exploration_that_cannot_rank_configurations_ends_early_and_the_budget_goes_to_the_scale_up():

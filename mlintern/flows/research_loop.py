@@ -31,7 +31,7 @@ from mlintern.retention import enforce as enforce_retention
 from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Goal, LoopReport, PaperDigest, PlanningContext
 from mlintern.selection import beats, pooled
 from mlintern.settings import get_settings
-from mlintern.tasks.budget import budget_facts
+from mlintern.tasks.budget import budget_facts, loop_lanes
 from mlintern.tasks.evaluate import evaluate, timed_evaluate
 from mlintern.tasks.literature import gather_literature
 from mlintern.tasks.plan import plan_next
@@ -64,7 +64,7 @@ def research_loop(goal: Goal) -> LoopReport:
     print(f"Planner: {planner.name}. Budget: {fmt_seconds(state.budget_s)} of accelerator time, "
           f"{goal.budget.max_experiments} experiments at most; throughput prior: {state.prior.describe()}; "
           f"exploration dev checks at {', '.join(f'{r:.1f}' for r in state.rungs)} s of training.")
-    if (warning := wall_warning(goal, get_settings().experiment_deployment and goal.parallel_experiments or 1)):
+    if (warning := wall_warning(goal, loop_lanes(goal))):
         logger.warning(warning)
     if planner.name.startswith("multi-fidelity (optuna") and goal.planner == "auto":
         print("No LLM configured: configurations come from Optuna TPE. Set INTERN_LLM_MODEL "
@@ -96,7 +96,7 @@ def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenc
     """Keep up to `parallel_experiments` experiments in flight (one where no experiment deployment
     dispatches them); plan the next one as soon as one finishes, until a stop reason holds."""
     dispatch = get_settings().experiment_deployment is not None
-    width = goal.parallel_experiments if dispatch else 1
+    width = loop_lanes(goal)
     in_flight: dict[Future, ExperimentPlan] = {}
     with ThreadPoolExecutor(max_workers=width) as pool:
         while True:

@@ -1,6 +1,7 @@
 """The research loop's policy: multi-fidelity search, then scale-up of the winner.
 
-1. Explore (the first `schedule.explore_fraction` of the accelerator budget): new configurations,
+1. Explore (the first `schedule.explore_fraction` of the accelerator budget, or of what the GPUs can
+   spend before the wall-clock cap where that is less): new configurations,
    from Optuna TPE (the first one is the defaults) or from the LLM, each sized to train R seconds
    from the base model, with dev checks at rungs R/eta**k. Optuna's SuccessiveHalvingPruner, run
    inside the training job (mlintern.training.pruning), stops a trial at a rung unless it is in the
@@ -20,7 +21,7 @@ import logging
 import math
 from dataclasses import dataclass
 
-from mlintern.budget import Sizing, paced_steps, rung_seconds
+from mlintern.budget import Sizing, explore_budget_s, paced_steps, rung_seconds
 from mlintern.llm import LLMClient
 from mlintern.planners.base import Planner, PlannerDone, PlannerWaiting, PlanRejected, validate_plan
 from mlintern.planners.rules import fix_plan
@@ -82,13 +83,13 @@ class MultiFidelityPlanner:
         # the loop's sizing already counts the running experiments at their predicted cost (LoopState.sizing),
         # as experiments_left is already net of them: adding them again held 2 x H200 lanes to one trial at a
         # time, the other GPU idle (bench/RESULTS.md part 11). One experiment must stay for the scale-up.
-        return (sz.used_s < goal.schedule.explore_fraction * sz.budget_s and ctx.experiments_left > 1
+        return (sz.used_s < explore_budget_s(goal, ctx.lanes) and ctx.experiments_left > 1
                 and not (goal.target_score is not None and _best(ctx) >= goal.target_score)
                 and not no_signal(ctx))
 
     def _explore(self, ctx: PlanningContext, sz: Sizing) -> ExperimentPlan:
         trials = [r for r in ctx.history if r.plan.stage == "explore"]
-        rungs = ctx.rungs or rung_seconds(ctx.goal, sz, _default_batch(ctx))
+        rungs = ctx.rungs or rung_seconds(ctx.goal, sz, _default_batch(ctx), ctx.lanes)
         if self.proposer is not None:
             plan = self.proposer.propose(ctx).model_copy(update={"stage": "explore"})
             return validate_plan(plan, ctx)

@@ -110,6 +110,14 @@ class Sizing(BaseModel):
         return self.throughput.steps_in(self.train_seconds_for_job(job_s, dev_checks), examples_per_step, method)
 
 
+def explore_budget_s(goal: Goal, lanes: int = 1) -> float:
+    """The exploration's share (schedule.explore_fraction) of what the loop can spend: the accelerator
+    budget, or what `lanes` GPUs can spend before the wall-clock cap where that is less. With a share of
+    the nominal budget, 10 GPU-hours under a 60-minute cap spent the whole hour on the first trial."""
+    spendable = min(goal.budget.gpu_hours * 3600, lanes * goal.budget.wall_time_minutes * 60)
+    return goal.schedule.explore_fraction * spendable
+
+
 def final_reserve_s(goal: Goal, throughput: Throughput) -> float:
     """Wall-clock seconds kept back from the goal's wall_time_minutes for what follows the last experiment
     (the held-out test of the base model and of the champion) and for one experiment's dispatch."""

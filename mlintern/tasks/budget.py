@@ -27,6 +27,12 @@ def on_accelerator(goal: Goal) -> bool:
     return torch.cuda.is_available()
 
 
+def loop_lanes(goal: Goal) -> int:
+    """Experiments the loop runs at once: goal.parallel_experiments where an experiment deployment
+    dispatches them to GPU workers, else one (embedded)."""
+    return goal.parallel_experiments if get_settings().experiment_deployment is not None else 1
+
+
 def hub_params(model_id: str) -> float | None:
     """Parameter count from a hub model's config.json (online; one small file)."""
     try:
@@ -49,7 +55,8 @@ def budget_facts(goal: Goal, base_model: str, bench: PreparedBenchmark) -> dict:
     prior = prior_throughput(params, on_gpu, tokens_per_example(bench.dev_file))
     batches = goal.search_space.batch_sizes or default_batch_sizes(on_gpu)
     default = Hyperparameters().per_device_batch_size
-    rungs = rung_seconds(goal, sizing(goal, 0.0, prior, on_gpu), default if default in batches else batches[0])
+    rungs = rung_seconds(goal, sizing(goal, 0.0, prior, on_gpu), default if default in batches else batches[0],
+                         loop_lanes(goal))
     log.info("throughput prior for %.0fM parameters on %s: %s", params / 1e6, "GPU" if on_gpu else "CPU",
              json.dumps(prior.model_dump()))
     return {"prior": prior, "on_gpu": on_gpu, "rungs": rungs}
