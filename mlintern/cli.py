@@ -138,6 +138,7 @@ def budget(
     goal_file: Optional[Path] = typer.Option(None, "--goal", help="Goal JSON file (see `ml-intern goal`)."),
     base_model: Optional[str] = typer.Option(None, help="Hub id, local folder, or builtin:smollm2-135m-instruct."),
     gpu_hours: Optional[float] = typer.Option(None, help="Accelerator-hour budget."),
+    wall_minutes: Optional[float] = typer.Option(None, help="Wall-clock budget in minutes."),
     max_experiments: Optional[int] = typer.Option(None, help="Experiment budget."),
     device: str = typer.Option("cuda", help="Where experiments will train: cuda or cpu."),
     params: Optional[float] = typer.Option(None, help="Parameter count (default: read from the model's config)."),
@@ -149,7 +150,7 @@ def budget(
     from mlintern.preview import preview
 
     g = load_goal(goal_file, {"base_model": base_model, "budget.gpu_hours": gpu_hours,
-                              "budget.max_experiments": max_experiments})
+                              "budget.wall_time_minutes": wall_minutes, "budget.max_experiments": max_experiments})
     if params is None:
         from mlintern.tasks.budget import hub_params
 
