@@ -53,11 +53,21 @@ fi
 # average 5 s of idle GPU before every experiment); 2 s costs the API a query a second per 2 workers.
 export PREFECT_WORKER_QUERY_SECONDS="${PREFECT_WORKER_QUERY_SECONDS:-2}"
 
+prefect_python() {  # the interpreter the Prefect CLI, and so every flow run it starts, runs on
+  local line
+  line="$(head -n1 "$(command -v prefect)")"
+  line="${line#\#!}"
+  case "$line" in
+    "/usr/bin/env "*) command -v "${line#/usr/bin/env }" ;;
+    *) echo "$line" ;;
+  esac
+}
+
 start() {  # name, then an env(1) command line: VAR=value... command args...
   local name="$1"; shift
   python "$ROOT/deployments/proc.py" start --dir "$LOG_DIR" --name "$name" -- env "$@"
 }
-# Another long-lived process per GPU (e.g. a training sidecar) is added the same way:
+# Another long-lived process per GPU is added the same way (as the training worker's warm-up below):
 #   start "trainer-$HOST-$i" CUDA_VISIBLE_DEVICES="$i" python -m <module> ...
 # and stop_workers.sh stops it with the rest.
 
@@ -65,6 +75,16 @@ if [ "$NO_GPU" = 0 ]; then
   for i in $GPUS; do
     start "gpu-$HOST-$i" CUDA_VISIBLE_DEVICES="$i" INTERN_GPU_ID="$i" \
       prefect worker start --pool intern-gpu --type process --limit 1 --name "gpu-$HOST-$i"
+    # Each GPU's persistent training worker starts now, owned by the Prefect worker and with its
+    # environment and interpreter (so its flow runs find it), not with the first experiment: that start (imports, CUDA
+    # context) was 20-30 s of idle GPU per GPU (bench/RESULTS.md part 11c). INTERN_WARM_WORKERS=0 skips it;
+    # the fresh-process and accelerate paths have no persistent worker.
+    if [ "${INTERN_WARM_WORKERS:-1}" != 0 ] && [ "${INTERN_TRAIN_WORKER:-persistent}" = persistent ] \
+        && [ -z "${INTERN_ACCELERATE_CONFIG:-}" ]; then
+      start "warm-$HOST-$i" CUDA_VISIBLE_DEVICES="$i" INTERN_GPU_ID="$i" \
+        INTERN_WORKER_OWNER_PID="$(tr -d '[:space:]' < "$LOG_DIR/gpu-$HOST-$i.pid")" \
+        "$(prefect_python)" -m mlintern.worker.warm
+    fi
   done
 fi
 if [ "$CONTROLLER" = 1 ]; then

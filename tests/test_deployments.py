@@ -477,6 +477,15 @@ def run_loop_from_ui(tmp_path: Path, tracking_uri: str, prefect_db: str | None =
         assert all(r.data.tags["intern.state"] == "done" and r.info.status == "FINISHED" for r in mlruns), \
             [(r.info.status, r.data.tags.get("intern.failure")) for r in mlruns]
         assert all("dev_score" in r.data.metrics for r in mlruns)
+        import mlflow
+
+        mlflow.set_tracking_uri(tracking_uri)
+        phases = [json.loads(mlflow.artifacts.load_text(f"runs:/{r.info.run_id}/result.json"))["phases"]
+                  for r in mlruns]
+        assert all("train_call" in p for p in phases), phases
+        assert not any("worker_start" in p for p in phases), (
+            "start_workers.sh starts each GPU's training worker with its Prefect worker, in the environment "
+            f"its flow runs have: no experiment starts one itself ({phases})")
         kinds = {r.data.tags.get("intern.kind") for r in client.search_runs([exp.experiment_id])}
         assert {"baseline-dev", "baseline-test", "experiment", "report"} <= kinds
         # SQLite store: artifacts next to the db (mlintern.tracking); server: its --artifacts-destination

@@ -63,9 +63,20 @@ def job_for(intern_env, smol_model):
     return make
 
 
-def test_worker_runs_jobs_in_one_process_and_keeps_the_model(job_for, intern_env):
+def test_worker_runs_jobs_in_one_process_and_keeps_the_model(job_for, intern_env, smol_model):
+    import fcntl
+
+    # warmed ahead of the first job (as start_workers.sh and the experiment flow do): started once, the
+    # base model loaded; a warm-up never queues behind a running job
+    warmed = client.warm(smol_model, device="cpu")
+    assert warmed.ok and warmed.start_seconds > 0 and warmed.jobs_done == 0, warmed
+    with open(client.paths().lock, "a+") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert client.warm(smol_model, device="cpu") is None, "busy worker: the warm-up returns at once"
     first, run1 = job_for("a")
     r1 = client.submit(WorkerRequest(kind="train", train=first, log_path=str(intern_env / "a.log")), 900)
+    assert r1.worker_pid == warmed.worker_pid and r1.start_seconds == 0 and r1.jobs_done == 0, r1
+    assert r1.cache_hits == 1 and r1.outcome.phases["load"] < 5, "the job copied the model the warm-up loaded"
     second, _ = job_for("b")
     r2 = client.submit(WorkerRequest(kind="train", train=second, log_path=str(intern_env / "b.log")), 900)
     assert r1.ok and r2.ok and r1.outcome.status == r2.outcome.status == "succeeded", (r1, r2)

@@ -8,6 +8,7 @@ in MLflow, so nothing is lost if the controller dies meanwhile.
 from __future__ import annotations
 
 import os
+import time
 import traceback
 from contextlib import nullcontext
 
@@ -24,7 +25,8 @@ from mlintern.training.job import TrainJob, TrainOutcome
 from mlintern.tasks.data import build_data
 from mlintern.tasks.evaluate import eval_spec
 from mlintern.tasks.setup import prepare
-from mlintern.tasks.train import train
+from mlintern.tasks.train import train, use_worker
+from mlintern.worker.warm import warm_in_background
 
 
 def _column_mapper(goal: Goal, transcript: LLMTranscript | None) -> LLMClient | None:
@@ -68,8 +70,12 @@ def experiment(
         ledger.log_transcript(run_id, llm_transcript)
     mapper = _column_mapper(goal, llm_transcript)
     try:
+        if use_worker():  # the worker starts and loads the model while the data is built
+            warm_in_background(init_model, plan.hyperparameters.packing, goal.device)
+        data_start = time.time()
         bench = prepare(goal.benchmark)
         built = build_data(plan, bench, settings.work_dir.resolve(), run_id, mapper)
+        data_s = time.time() - data_start
         result.decontaminated = built.removed_contaminated
         job = TrainJob(plan=plan, model_path=init_model, data_path=built.path, output_dir=str(out_dir),
                        device=goal.device, seed=goal.seed, benchmark_kind=goal.benchmark.kind,
@@ -79,6 +85,7 @@ def experiment(
         with gpu_slot():
             outcome = train(job, run_id, ledger.tracking_uri, timeout_s or settings.train_timeout_s)
         result = record_outcome(result, outcome)
+        result.phases["data"] = round(data_s, 3)
     except Exception as exc:  # bad data, a dead evaluation: recorded, never fatal to the loop
         logger.error("experiment %s failed: %s", plan_id, exc)
         result.failure = classify(exc, traceback.format_exc())

@@ -80,6 +80,8 @@ def _on_worker(job: TrainJob, log_path: Path, timeout_s: float) -> TrainOutcome:
         return TrainOutcome(status="failed", job_seconds=time.time() - start, failure=failure)
     outcome = reply.outcome
     outcome.job_seconds = reply.job_seconds
+    if reply.start_seconds:  # the worker was started for this job: where a first job's fixed cost went
+        outcome.phases["worker_start"] = round(reply.start_seconds, 3)
     return outcome
 
 

@@ -43,14 +43,20 @@ class ModelCache:
         if key in self._items:
             self._items.move_to_end(key)
             self.hits += 1
-            model, tok = self._items[key]
-            return copy.deepcopy(model), tok
+        else:
+            self.load(path, attn_implementation)
+        model, tok = self._items[key]
+        return copy.deepcopy(model), tok
+
+    def load(self, path: str, attn_implementation: str | None) -> None:
+        """Read `path` into the cache unless it is there already (a warm-up ahead of the job)."""
+        key = (path, attn_implementation, _stamp(path))
+        if key in self._items:
+            return
         model, tok = _load(path, attn_implementation)
-        model = _place(model, self.device)
-        self._items[key] = (model, tok)
+        self._items[key] = (_place(model, self.device), tok)
         while len(self._items) > self.size:
             self._items.popitem(last=False)
-        return copy.deepcopy(model), tok
 
 
 def _place(model, device: str | None):

@@ -7,9 +7,13 @@ from mlintern.training.job import TrainJob
 
 
 def attn_implementation(job: TrainJob) -> str | None:
+    return attn_for(job.plan.hyperparameters.packing, job.device)
+
+
+def attn_for(packing: bool, device: str) -> str | None:
     """Padding-free packing runs with flex attention on a GPU (packing with sdpa attends across the
     whole packed row and was slower, bench/RESULTS.md); everything else keeps the default."""
-    if job.plan.hyperparameters.packing and resolve_device(job.device) == "cuda":
+    if packing and resolve_device(device) == "cuda":
         return "flex_attention"
     return None
 

@@ -147,11 +147,7 @@ def submit(req: WorkerRequest, timeout_s: float, queue_timeout_s: float | None =
     p = paths()
     with open(p.lock, "a+") as lock_file:
         _acquire(lock_file, queue_timeout_s if queue_timeout_s is not None else timeout_s)
-        try:
-            conn = _connect(p)
-        except (ConnectionRefusedError, FileNotFoundError, EOFError, OSError):
-            _spawn(p)
-            conn = _connect(p)
+        conn, started_s = _connect_or_spawn(p)
         with conn:
             conn.send_bytes(req.model_dump_json().encode())
             if not conn.poll(timeout_s):
@@ -161,7 +157,50 @@ def submit(req: WorkerRequest, timeout_s: float, queue_timeout_s: float | None =
                 data = conn.recv_bytes()
             except (EOFError, OSError):
                 raise WorkerDied(_death_message(p)) from None
-        return WorkerReply.model_validate_json(data)
+        reply = WorkerReply.model_validate_json(data)
+        reply.start_seconds = started_s
+        return reply
+
+
+def _connect_or_spawn(p: WorkerPaths):
+    """A connection to the running worker, or to one started now; and the seconds starting it took."""
+    try:
+        return _connect(p), 0.0
+    except (ConnectionRefusedError, FileNotFoundError, EOFError, OSError):
+        start = time.time()
+        _spawn(p)
+        return _connect(p), time.time() - start
+
+
+def warm(model_path: str | None = None, packing: bool = False, device: str = "auto",
+         timeout_s: float = START_TIMEOUT_S) -> WorkerReply | None:
+    """Start this device's worker if none runs, and load `model_path` into its cache, so the job that
+    follows pays neither (the experiment flow calls it while the job's data is built;
+    deployments/start_workers.sh when a GPU's Prefect worker starts). Returns None at once if the
+    worker is busy (it runs, then): a warm-up never queues behind a job."""
+    from mlintern.worker.protocol import WarmJob
+
+    _reap()
+    p = paths()
+    with open(p.lock, "a+") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return None
+        conn, started_s = _connect_or_spawn(p)
+        req = WorkerRequest(kind="warm" if model_path else "ping",
+                            warm=WarmJob(model_path=model_path, packing=packing, device=device)
+                            if model_path else None)
+        with conn:
+            conn.send_bytes(req.model_dump_json().encode())
+            if not conn.poll(timeout_s):
+                raise WorkerTimeout(f"warming the training worker took over {timeout_s:.0f} s; see {p.log}")
+            try:
+                reply = WorkerReply.model_validate_json(conn.recv_bytes())
+            except (EOFError, OSError):
+                raise WorkerDied(_death_message(p)) from None
+    reply.start_seconds = started_s
+    return reply
 
 
 def _death_message(p: WorkerPaths) -> str:

@@ -21,10 +21,18 @@ class EvalJob(BaseModel):
     device: str = "auto"
 
 
+class WarmJob(BaseModel):
+    """Load a model into the worker's cache ahead of the job that needs it (while that job's data is built)."""
+    model_path: str
+    packing: bool = False  # with `device`, picks the attention the job will load the model with
+    device: str = "auto"
+
+
 class WorkerRequest(BaseModel):
-    kind: Literal["train", "eval", "ping"]
+    kind: Literal["train", "eval", "ping", "warm"]
     train: TrainJob | None = None
     eval: EvalJob | None = None
+    warm: WarmJob | None = None
     log_path: str | None = None  # the job's own log (stdout and stderr of the job go there)
 
 
@@ -37,6 +45,7 @@ class WorkerReply(BaseModel):
     worker_pid: int = 0
     jobs_done: int = 0  # jobs this worker ran before this one (0: a fresh worker)
     cache_hits: int = 0
+    start_seconds: float = 0.0  # set by the client: seconds it spent starting the worker for this job (0: it ran)
 
 
 # Environment that shapes a worker's behaviour: two processes that differ here get different workers.

@@ -88,6 +88,8 @@ class Worker:
             os.environ.pop(key, None)
         if req.kind == "ping":
             return WorkerReply(ok=True, worker_pid=os.getpid(), jobs_done=self.jobs_done), False
+        if req.kind == "warm":
+            return self._warm(req), False
         try:
             if req.kind == "train":
                 outcome = run_safely(req.train, cache=self.cache)
@@ -107,6 +109,21 @@ class Worker:
         if fatal:  # a CUDA fault poisons the context: answer, then make room for a fresh worker
             reply.error = "the worker's CUDA context is unusable after this job; a new worker starts for the next one"
         return reply, fatal
+
+    def _warm(self, req: WorkerRequest) -> WorkerReply:
+        """Load a model into the cache (the next job's copy then takes a deep copy, not a disk read).
+        Not a job: the worker's job count and its cleanup are untouched."""
+        start = time.time()
+        try:
+            if req.warm is not None:
+                from mlintern.training.sft import attn_for
+
+                self.cache.load(req.warm.model_path, attn_for(req.warm.packing, req.warm.device))
+            reply = WorkerReply(ok=True)
+        except Exception as exc:  # noqa: BLE001 - the job that needs the model will report it properly
+            reply = WorkerReply(ok=False, error=f"{type(exc).__name__}: {exc}")
+        reply.job_seconds, reply.worker_pid, reply.jobs_done = time.time() - start, os.getpid(), self.jobs_done
+        return reply
 
     def _evaluate(self, req: WorkerRequest):
         import torch
