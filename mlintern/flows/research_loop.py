@@ -36,6 +36,8 @@ from mlintern.tasks.evaluate import evaluate, timed_evaluate
 from mlintern.tasks.literature import gather_literature
 from mlintern.tasks.plan import plan_next
 from mlintern.tasks.setup import prepare, resolve
+from mlintern.tasks.train import use_worker
+from mlintern.worker.warm import warm_in_background
 
 
 class IntegrityError(RuntimeError):
@@ -47,6 +49,8 @@ def research_loop(goal: Goal) -> LoopReport:
     logger = get_run_logger()
     started = time.time()
     ledger = GoalLedger.open(goal)
+    if use_worker() and ledger.baseline("dev") is None:  # its imports overlap the benchmark's preparation
+        warm_in_background()
     bench = prepare(goal.benchmark)
     fingerprint = bench.fingerprint()
     base_model = resolve(goal.base_model)
@@ -98,6 +102,7 @@ def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenc
     dispatch = get_settings().experiment_deployment is not None
     width = loop_lanes(goal)
     in_flight: dict[Future, ExperimentPlan] = {}
+    finished = False  # results recorded since the progress was last published
     with ThreadPoolExecutor(max_workers=width) as pool:
         while True:
             while state.stop_reason() is None and _room(state, in_flight, width):
@@ -110,14 +115,19 @@ def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenc
                 run = _runner(goal, plan, state, base_model, fidelity, dispatch)
                 if not dispatch:  # embedded: the experiment is a subflow in this thread
                     finish(run(), state, bench, base_model, ledger, planner)
+                    publish_progress(state, ledger, planner)
                     continue
                 in_flight[pool.submit(contextvars.copy_context().run, run)] = plan
+            if finished:  # after the freed GPUs got their next experiment, not before
+                publish_progress(state, ledger, planner)
+                finished = False
             if not in_flight:
                 return
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
                 in_flight.pop(future)
                 finish(future.result(), state, bench, base_model, ledger, planner)
+            finished = True
             # "nothing left to fund" was judged with running experiments at their predicted cost;
             # ask again now that one has finished at its real cost
             state.planner_done = None
@@ -172,14 +182,14 @@ def _runner(goal: Goal, plan: ExperimentPlan, state: LoopState, base_model: str,
 
 def finish(result: ExperimentResult, state: LoopState, bench: PreparedBenchmark, base_model: str,
            ledger: GoalLedger, planner: Planner) -> None:
-    """Confirm a promising candidate, record the result, promote it if it won, publish progress."""
+    """Confirm a promising candidate, record the result, promote it if it won (the caller publishes the
+    progress, once the freed GPU has its next experiment)."""
     if state.needs_confirmation(result) and bench.confirm_task:
         confirm(result, state, bench, base_model, ledger)
     if state.record(result):
         ledger.register_champion(result)
         print(f"new champion {result.plan_id} ({result.plan.stage}): dev {result.dev.value:.4f}")
     print(enforce_retention(state.goal, state.history, state.champion).line())  # weights of losers go
-    publish_progress(state, ledger, planner)
 
 
 def confirm(result: ExperimentResult, state: LoopState, bench: PreparedBenchmark, base_model: str,
