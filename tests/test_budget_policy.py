@@ -462,6 +462,18 @@ def test_a_scale_up_is_sized_to_the_wall_clock_and_takes_as_many_gpus_as_spendin
     assert MultiFidelityPlanner().propose(two_lanes([short], wall=30.0)).stage == "scale_up", \
         "... unless the chain's segment cannot spend the rest in time"
 
+    # an exploration trial still running on the other GPU: with ample wall clock the scale-up waits for it
+    # (it may be the winner); when the wall clock needs both GPUs, the free one continues the winner so far
+    trial = MultiFidelityPlanner().propose(ctx(goal))
+    assert trial.stage == "explore"
+    with pytest.raises(PlannerWaiting, match="1 exploration trial"):
+        MultiFidelityPlanner().propose(two_lanes([trial], wall=1000.0))
+    early = MultiFidelityPlanner().propose(two_lanes([trial], wall=60.0))
+    assert early.stage == "scale_up" and early.init_from == "champion" and cost(early) <= 60
+    with pytest.raises(PlannerWaiting, match="1 exploration trial"):  # no trial has beaten the base model yet
+        MultiFidelityPlanner().propose(ctx(goal, history, pending=[trial]).model_copy(
+            update={"lanes": 2, "wall_left_s": 60.0}))
+
     # no wall clock left for the cheapest job: the loop ends and says why
     with pytest.raises(PlannerDone, match="wall-clock budget spent"):
         MultiFidelityPlanner().propose(base.model_copy(update={"wall_left_s": 3.0}))

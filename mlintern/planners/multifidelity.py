@@ -67,9 +67,12 @@ class MultiFidelityPlanner:
         if self.exploring(ctx, sz):
             return self._explore(ctx, sz)
         trials = sum(p.stage == "explore" for p in ctx.pending)
-        if trials:
+        if trials and not (ctx.champion is not None and scale_up_lanes(ctx, sz) > 1):
             # a scale-up continues the exploration's winner, so it waits for the trials still running
-            # (on 2 lanes one started from the base model beside the only trial and overspent: part 10d)
+            # (on 2 lanes one started from the base model beside the only trial and overspent: part 10d).
+            # Not when the wall clock needs several scale-up lanes: then a GPU left waiting is budget lost
+            # for good (2 x H200: 62 and 84 s idle at the exploration's end, part 11c), so the free GPU
+            # continues the winner so far, and the lanes freed later continue the final one.
             raise PlannerWaiting(f"waiting for {trials} exploration trial(s) to finish before scaling up their winner")
         running = sum(p.stage == "scale_up" for p in ctx.pending)
         if running and running >= scale_up_lanes(ctx, sz):
