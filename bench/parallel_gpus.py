@@ -55,13 +55,47 @@ def timeline_row(client, e: dict, start: float) -> dict:
            "planned_steps": e["plan"]["hyperparameters"]["max_steps"], "job_s": round(e["job_seconds"], 1),
            "accel_s": round(e["accelerator_hours"] * 3600, 1), "eval_s": round(e["eval_seconds"], 1),
            "confirmed": e.get("confirmed"), "rationale": e["plan"].get("rationale", "")[-160:]}
+    row["phases"] = e.get("phases", {})
     if e.get("mlflow_run_id"):
         run = client.get_run(e["mlflow_run_id"])
         info = run.info
         row["gpu"] = run.data.tags.get("intern.gpu")
         row["t_start"] = round(info.start_time / 1000 - start, 1)
         row["t_end"] = round(info.end_time / 1000 - start, 1) if info.end_time else None
+        if run.data.tags.get("prefect.flow_run_id"):
+            row.update(flow_run_marks(run.data.tags["prefect.flow_run_id"], start))
     return row
+
+
+def flow_run_marks(flow_run_id: str, start: float) -> dict:
+    """When the experiment's Prefect flow run was created (t_scheduled: the controller dispatched it),
+    picked up by its worker (t_pending), running in its own process (t_running) and ended: the
+    dispatch's share of a gap between two experiments on one GPU."""
+    from prefect.client.orchestration import get_client
+
+    with get_client(sync_client=True) as prefect:
+        states = prefect.read_flow_run_states(flow_run_id)
+    marks: dict[str, float] = {}
+    for st in sorted(states, key=lambda st: st.timestamp):
+        marks.setdefault(f"t_{st.type.value.lower()}", round(st.timestamp.timestamp() - start, 1))
+    return marks
+
+
+def idle_breakdown(timeline: list[dict], gpus: list[str], wall: float) -> dict[str, dict]:
+    """Per GPU, its idle seconds: before its first experiment, between experiments, after its last one."""
+    out = {}
+    for g in gpus:
+        spans = sorted((r["t_start"], r["t_end"]) for r in timeline
+                       if r.get("gpu") == g and r.get("t_start") is not None and r.get("t_end") is not None)
+        if not spans:
+            out[g] = {"before_first": round(wall, 1), "between": 0.0, "after_last": 0.0}
+            continue
+        between, reach = 0.0, spans[0][1]
+        for a, b in spans[1:]:
+            between += max(0.0, a - reach)
+            reach = max(reach, b)
+        out[g] = {"before_first": spans[0][0], "between": round(between, 1), "after_last": round(wall - reach, 1)}
+    return out
 
 
 def held_fractions(timeline: list[dict], gpus: list[str], wall: float) -> dict[str, float]:
@@ -151,6 +185,7 @@ def main() -> None:
         held = held_fractions(result["timeline"], gpus, end - start)
         result["held_fraction"] = held
         result["idle_held_mean"] = round(1 - sum(held.values()) / len(held), 4)
+        result["idle_s"] = idle_breakdown(result["timeline"], gpus, end - start)
         result["experiment_s"] = sorted(round(r["t_end"] - r["t_start"], 1) for r in result["timeline"]
                                         if r.get("t_end") is not None and r.get("t_start") is not None)
     Path(args.out).write_text(json.dumps(result, indent=1))
