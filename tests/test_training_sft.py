@@ -191,3 +191,28 @@ def test_retiming_a_schedule_keeps_its_warmup_share_and_sets_the_next_rate_at_on
     assert sched.get_last_lr()[0] == pytest.approx(0.0, abs=1e-12), "the decay ends at the re-timed step count"
     constant = get_scheduler("constant_with_warmup", opt, num_warmup_steps=5)
     assert retime_schedule(constant, 50), "a schedule with no end is left as it is"
+
+
+def test_a_large_training_set_is_tokenized_by_several_processes_into_the_same_rows(intern_env, monkeypatch,
+                                                                                   smol_model):
+    """trl's dataset preparation (chat template + tokenization of every row) ran in one process: 65-121 s
+    of 142-221 s scale-up jobs on 2 x H200, the GPU idle (bench/RESULTS.md part 12). A large set now gets
+    several processes, a small one none (their start costs more than they save), and the rows the
+    trainer sees are the same either way."""
+    from mlintern.training.common import ROWS_PER_PROC, dataset_procs
+    from mlintern.training.loading import load_for_training
+    from mlintern.training.sft import build_sft_trainer
+
+    assert dataset_procs(ROWS_PER_PROC - 1) is None
+    assert dataset_procs(40 * ROWS_PER_PROC) >= 2
+    model, tok = load_for_training(smol_model)
+    plan = ExperimentPlan(hyperparameters={"max_steps": 2, "per_device_batch_size": 2, "max_length": 64})
+    built = {}
+    for procs in ("1", "2"):
+        monkeypatch.setenv("INTERN_DATASET_PROCS", procs)
+        job = TrainJob(plan=plan, model_path=smol_model, data_path=sft_rows(intern_env / f"rows{procs}.jsonl", n=600),
+                       output_dir=str(intern_env / f"out{procs}"), device="cpu")
+        trainer = build_sft_trainer(job, [], model, tok)
+        assert trainer.args.dataset_num_proc == (None if procs == "1" else 2)
+        built[procs] = trainer.train_dataset.to_list()
+    assert built["1"] == built["2"] and len(built["1"]) == 600

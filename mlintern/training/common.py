@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import importlib.util
+import os
 
 from mlintern.schemas import Hyperparameters
 from mlintern.training.job import TrainJob
@@ -46,6 +47,21 @@ def base_args(job: TrainJob) -> dict:
         disable_tqdm=True,
         logging_nan_inf_filter=False,  # the default hides NaN losses from our DivergenceGuard
     )
+
+
+ROWS_PER_PROC = 2000  # below this a tokenizing process costs more to start than it saves
+
+
+def dataset_procs(rows: int) -> int | None:
+    """Processes for trl's dataset preparation (chat template + tokenization of every row, before the
+    first step, the GPU idle meanwhile): one process took 65-121 s of 142-221 s scale-up jobs on 2 x H200
+    (bench/RESULTS.md part 12). A quarter of the host's CPUs (several GPU workers share them), at most 16,
+    and none for a small set. INTERN_DATASET_PROCS overrides it (1: one process)."""
+    if os.environ.get("INTERN_DATASET_PROCS"):
+        procs = int(os.environ["INTERN_DATASET_PROCS"])
+    else:
+        procs = min(16, max(2, len(os.sched_getaffinity(0)) // 4), rows // ROWS_PER_PROC)
+    return procs if procs >= 2 else None
 
 
 def lora_config(hp: Hyperparameters):

