@@ -16,7 +16,7 @@ from mlintern.schemas import BenchmarkSpec, ExperimentPlan, Fidelity
 from mlintern.settings import get_settings
 from mlintern.training.job import TrainJob
 from mlintern.worker import client
-from mlintern.worker.protocol import WorkerRequest
+from mlintern.worker.protocol import WarmJob, WorkerRequest
 from tests.conftest import ROOT
 from tests.test_training_sft import sft_rows
 
@@ -73,6 +73,13 @@ def test_worker_runs_jobs_in_one_process_and_keeps_the_model(job_for, intern_env
     with open(client.paths().lock, "a+") as held:
         fcntl.flock(held, fcntl.LOCK_EX)
         assert client.warm(smol_model, device="cpu") is None, "busy worker: the warm-up returns at once"
+        # a flow run that ends (its data failed) while its warm-up loads a model: the worker stays up
+        alias = intern_env / "alias-model"
+        alias.symlink_to(smol_model)  # another path: not in the cache, so it is read from disk
+        conn = client._connect(client.paths())
+        conn.send_bytes(WorkerRequest(kind="warm", warm=WarmJob(model_path=str(alias), device="cpu"))
+                        .model_dump_json().encode())
+        conn.close()
     first, run1 = job_for("a")
     r1 = client.submit(WorkerRequest(kind="train", train=first, log_path=str(intern_env / "a.log")), 900)
     assert r1.worker_pid == warmed.worker_pid and r1.start_seconds == 0 and r1.jobs_done == 0, r1

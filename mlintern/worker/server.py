@@ -236,11 +236,13 @@ def serve(folder: Path, owner: int | None, idle_s: float) -> None:
         worker.busy = True
         done = threading.Event()
         watcher = threading.Thread(target=worker.watch_client, args=(conn, done), daemon=True)
-        watcher.start()
+        if req.kind in ("train", "eval"):  # a warm-up whose flow run ended early is not worth dying for
+            watcher.start()
         with job_output(req.log_path):
             reply, fatal = worker.handle(req)
         done.set()
-        watcher.join()
+        if watcher.is_alive():
+            watcher.join()
         try:
             conn.send_bytes(reply.model_dump_json().encode())
         except (OSError, EOFError):
