@@ -31,6 +31,8 @@ class LoopState:
     compute_since_improvement_s: float = 0.0
     literature_dollars: float = 0.0  # paper digests (recorded with the literature run)
     inflight_dollars: dict[str, float] = field(default_factory=dict)  # planning spend of running plans
+    # wall seconds each experiment took outside its job (dispatch, flow-run process, training rows, records)
+    overheads: list[float] = field(default_factory=list)
 
     @property
     def llm_dollars(self) -> float:
@@ -66,9 +68,19 @@ class LoopState:
         return self.goal.budget.wall_time_minutes * 60 - (time.time() - self.started)
 
     def experiment_wall_s(self) -> float:
-        """Wall-clock seconds an experiment started now may take: what is left of the wall-time budget,
-        less the final test and a dispatch (`final_reserve_s`)."""
-        return self.wall_left_s() - final_reserve_s(self.goal, self.throughput())
+        """Wall-clock seconds an experiment's job started now may take: what is left of the wall-time
+        budget, less the final test and what an experiment takes outside its job (`final_reserve_s`)."""
+        return self.wall_left_s() - final_reserve_s(self.goal, self.throughput(), self.overhead_s())
+
+    def note_overhead(self, wall_s: float, result: ExperimentResult) -> None:
+        """Record how long an experiment took, from dispatch to its result, beyond its job."""
+        self.overheads.append(max(0.0, wall_s - result.job_seconds))
+
+    def overhead_s(self) -> float | None:
+        """The most any of the last experiments took outside its job (None before the first): through a
+        deployment 20-35 s on 2 x H200 (dispatch, a flow-run process, the training rows), which made a
+        1-GPU loop end 32 s past its wall-clock cap when only the job was sized to it (part 12)."""
+        return max(self.overheads[-5:]) if self.overheads else None
 
     def throughput(self) -> Throughput:
         return fit_throughput(self.prior, self.history)

@@ -321,7 +321,13 @@ def test_workers_stop_with_one_command_even_while_running_a_flow(tmp_path):
                                   "--controller"], env=env, cwd=ROOT, capture_output=True, text=True, timeout=60)
             assert out.returncode == 0, out.stdout + out.stderr
             pids = {p.stem: int(p.read_text()) for p in log_dir.glob("*.pid")}
-            assert len(pids) == 3, pids
+            # 2 GPU workers, the controller worker, and each GPU's training-worker warm-up
+            assert sorted(name.rsplit("-", 2)[0] for name in pids) == ["controller", "gpu", "gpu", "warm", "warm"], pids
+            def training_workers():
+                return [p for p in _prefect_processes(log_dir) if "mlintern.worker.server" in " ".join(p.cmdline())]
+            trainers = [p.pid for p in _wait(lambda: len(training_workers()) == 2 and training_workers(), 120,
+                                             "the warm-ups never started the GPUs' training workers")]
+            pids = {name: pid for name, pid in pids.items() if not name.startswith("warm-")}
             def gpu_workers():
                 return {w["name"] for w in httpx.post(f"{api}/work_pools/intern-gpu/workers/filter", json={},
                                                       timeout=10).json()}
@@ -346,7 +352,7 @@ def test_workers_stop_with_one_command_even_while_running_a_flow(tmp_path):
             took = time.time() - start
             assert out.returncode == 0, out.stdout + out.stderr
             assert took < 15 + 5, f"stop took {took:.1f}s"
-            left = wait_gone([p.pid for p in _prefect_processes(log_dir)] + [sidecar, *pids.values()], 1)
+            left = wait_gone([p.pid for p in _prefect_processes(log_dir)] + [sidecar, *trainers, *pids.values()], 1)
             assert not left, [" ".join(psutil.Process(p).cmdline()) for p in left if psutil.pid_exists(p)]
             print(f"\nstop_workers.sh: {out.stdout.strip()} in {took:.1f}s")
             assert not list(log_dir.glob("*.pid"))

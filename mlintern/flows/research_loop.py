@@ -114,10 +114,13 @@ def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenc
                                         confirm_above=state.best if bench.confirm_task else None)
                 run = _runner(goal, plan, state, base_model, fidelity, dispatch)
                 if not dispatch:  # embedded: the experiment is a subflow in this thread
-                    finish(run(), state, bench, base_model, ledger, planner)
+                    began = time.time()
+                    result = run()
+                    state.note_overhead(time.time() - began, result)
+                    finish(result, state, bench, base_model, ledger, planner)
                     publish_progress(state, ledger, planner)
                     continue
-                in_flight[pool.submit(contextvars.copy_context().run, run)] = plan
+                in_flight[pool.submit(_timed, contextvars.copy_context().run, run)] = plan
             if finished:  # after the freed GPUs got their next experiment, not before
                 publish_progress(state, ledger, planner)
                 finished = False
@@ -126,11 +129,19 @@ def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenc
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
                 in_flight.pop(future)
-                finish(future.result(), state, bench, base_model, ledger, planner)
+                result, seconds = future.result()
+                state.note_overhead(seconds, result)
+                finish(result, state, bench, base_model, ledger, planner)
             finished = True
             # "nothing left to fund" was judged with running experiments at their predicted cost;
             # ask again now that one has finished at its real cost
             state.planner_done = None
+
+
+def _timed(call, *args) -> tuple[ExperimentResult, float]:
+    """`call(*args)` and the wall seconds it took (an experiment, from its dispatch to its result)."""
+    began = time.time()
+    return call(*args), time.time() - began
 
 
 def _room(state: LoopState, in_flight: dict, width: int) -> bool:

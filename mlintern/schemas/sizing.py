@@ -118,10 +118,12 @@ def explore_budget_s(goal: Goal, lanes: int = 1) -> float:
     return goal.schedule.explore_fraction * spendable
 
 
-def final_reserve_s(goal: Goal, throughput: Throughput) -> float:
+def final_reserve_s(goal: Goal, throughput: Throughput, overhead_s: float | None = None) -> float:
     """Wall-clock seconds kept back from the goal's wall_time_minutes for what follows the last experiment
-    (the held-out test of the base model and of the champion) and for one experiment's dispatch."""
-    return 2 * (throughput.fixed_s + throughput.eval_seconds(goal.benchmark.test_size)) + throughput.fixed_s
+    (the held-out test of the base model and of the champion) and for what an experiment takes outside its
+    job (`overhead_s` as measured by the loop; a job's fixed cost before any is)."""
+    outside = max(throughput.fixed_s, overhead_s or 0.0)
+    return 2 * (throughput.fixed_s + throughput.eval_seconds(goal.benchmark.test_size)) + outside
 
 
 def default_batch_sizes(on_gpu: bool) -> list[int]:
