@@ -73,8 +73,10 @@ class LoopState:
         return self.wall_left_s() - final_reserve_s(self.goal, self.throughput(), self.overhead_s())
 
     def note_overhead(self, wall_s: float, result: ExperimentResult) -> None:
-        """Record how long an experiment took, from dispatch to its result, beyond its job."""
-        self.overheads.append(max(0.0, wall_s - result.job_seconds))
+        """Record how long an experiment took, from dispatch to its result, beyond its job (only where a
+        job ran: a crash before or during one says nothing about the time around a job)."""
+        if result.job_seconds > 0 and result.failure is None:
+            self.overheads.append(max(0.0, wall_s - result.job_seconds))
 
     def overhead_s(self) -> float | None:
         """The most any of the last experiments took outside its job (None before the first): through a

@@ -6,7 +6,8 @@ from mlintern.budget import Throughput, fit_throughput, prior_throughput, rung_s
 from mlintern.planners.base import PlannerDone, PlanningContext
 from mlintern.planners.multifidelity import MultiFidelityPlanner, fidelity_for
 from mlintern.planners.search import SearchPlanner, SingleRunPlanner
-from mlintern.schemas import CurvePoint, EvalScore, ExperimentPlan, ExperimentResult, Goal, Hyperparameters
+from mlintern.schemas import CurvePoint, EvalScore, ExperimentPlan, ExperimentResult, Failure, FailureKind, Goal, \
+    Hyperparameters
 from mlintern.training.pruning import pruning_trial
 
 GPU = Throughput(step_overhead_s=0.09, example_s=0.001, fixed_s=2.0, eval_item_s=0.01, tokens_per_example=40)
@@ -495,5 +496,8 @@ def test_the_wall_clock_an_experiment_may_take_leaves_time_for_the_final_test():
     trial = simulated(MultiFidelityPlanner().propose(ctx(goal)), 0.3)
     state.note_overhead(trial.job_seconds + 35.0, trial)
     state.note_overhead(trial.job_seconds + 12.0, trial)
+    failed = trial.model_copy(update={"status": "failed", "job_seconds": 0.0,
+                                      "failure": Failure(kind=FailureKind.crash, message="worker died")})
+    state.note_overhead(400.0, failed)  # a crash says nothing about the time around a job
     assert state.overhead_s() == pytest.approx(35.0)
     assert state.experiment_wall_s() == pytest.approx(540 - 14 - 35, abs=1)
