@@ -14,7 +14,7 @@ from dataclasses import dataclass
 from multiprocessing.connection import Client
 from pathlib import Path
 
-from mlintern.worker.protocol import WorkerReply, WorkerRequest, runtime_dir, worker_key
+from mlintern.worker.protocol import WarmJob, WorkerReply, WorkerRequest, runtime_dir, worker_key
 
 log = logging.getLogger(__name__)
 START_TIMEOUT_S = 300.0  # imports of torch + transformers + trl + lm-eval on a busy 2-core box
@@ -147,29 +147,35 @@ def submit(req: WorkerRequest, timeout_s: float, queue_timeout_s: float | None =
     p = paths()
     with open(p.lock, "a+") as lock_file:
         _acquire(lock_file, queue_timeout_s if queue_timeout_s is not None else timeout_s)
-        conn, started_s = _connect_or_spawn(p)
-        with conn:
-            conn.send_bytes(req.model_dump_json().encode())
-            if not conn.poll(timeout_s):
-                kill(p)
-                raise WorkerTimeout(f"the job outran its {timeout_s:.0f} s limit; its training worker was killed")
-            try:
-                data = conn.recv_bytes()
-            except (EOFError, OSError):
-                raise WorkerDied(_death_message(p)) from None
-        reply = WorkerReply.model_validate_json(data)
-        reply.start_seconds = started_s
-        return reply
+        reply = _ask(p, req, timeout_s, kill_on_timeout=True)
+    if reply is None:
+        raise WorkerTimeout(f"the job outran its {timeout_s:.0f} s limit; its training worker was killed")
+    return reply
 
 
-def _connect_or_spawn(p: WorkerPaths):
-    """A connection to the running worker, or to one started now; and the seconds starting it took."""
+def _ask(p: WorkerPaths, req: WorkerRequest, timeout_s: float, kill_on_timeout: bool) -> WorkerReply | None:
+    """Send `req` to the running worker, or to one started now (the caller holds the lock), and return
+    its answer with `start_seconds` set; None when none came within `timeout_s` (the worker killed first
+    if `kill_on_timeout`)."""
     try:
-        return _connect(p), 0.0
+        conn, started_s = _connect(p), 0.0
     except (ConnectionRefusedError, FileNotFoundError, EOFError, OSError):
         start = time.time()
         _spawn(p)
-        return _connect(p), time.time() - start
+        conn, started_s = _connect(p), time.time() - start
+    with conn:
+        conn.send_bytes(req.model_dump_json().encode())
+        if not conn.poll(timeout_s):
+            if kill_on_timeout:
+                kill(p)
+            return None
+        try:
+            data = conn.recv_bytes()
+        except (EOFError, OSError):
+            raise WorkerDied(_death_message(p)) from None
+    reply = WorkerReply.model_validate_json(data)
+    reply.start_seconds = started_s
+    return reply
 
 
 def warm(model_path: str | None = None, packing: bool = False, device: str = "auto",
@@ -178,8 +184,6 @@ def warm(model_path: str | None = None, packing: bool = False, device: str = "au
     follows pays neither (the experiment flow calls it while the job's data is built;
     deployments/start_workers.sh when a GPU's Prefect worker starts). Returns None at once if the
     worker is busy (it runs, then): a warm-up never queues behind a job."""
-    from mlintern.worker.protocol import WarmJob
-
     _reap()
     p = paths()
     with open(p.lock, "a+") as lock_file:
@@ -187,19 +191,12 @@ def warm(model_path: str | None = None, packing: bool = False, device: str = "au
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             return None
-        conn, started_s = _connect_or_spawn(p)
         req = WorkerRequest(kind="warm" if model_path else "ping",
                             warm=WarmJob(model_path=model_path, packing=packing, device=device)
                             if model_path else None)
-        with conn:
-            conn.send_bytes(req.model_dump_json().encode())
-            if not conn.poll(timeout_s):
-                raise WorkerTimeout(f"warming the training worker took over {timeout_s:.0f} s; see {p.log}")
-            try:
-                reply = WorkerReply.model_validate_json(conn.recv_bytes())
-            except (EOFError, OSError):
-                raise WorkerDied(_death_message(p)) from None
-    reply.start_seconds = started_s
+        reply = _ask(p, req, timeout_s, kill_on_timeout=False)
+    if reply is None:
+        raise WorkerTimeout(f"warming the training worker took over {timeout_s:.0f} s; see {p.log}")
     return reply
 
 
