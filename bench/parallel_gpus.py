@@ -5,7 +5,8 @@ one process worker per GPU plus the controller worker (deployments/start_workers
 `research-loop` deployment with a goal whose `parallel_experiments` is the GPU count (what the UI's
 Run button does), samples nvidia-smi every 0.5 s while it runs, and writes: experiments per hour,
 each GPU's busy fraction (samples with utilisation > 0 over the loop's wall clock) and held fraction
-(the share of the wall clock an experiment held it, from the experiments' MLflow runs), the held-out
+(the share of the wall clock an experiment held it, from the experiments' MLflow runs) and job-held
+fraction (the same from their training jobs, which a GPU's queue runs back to back), the held-out
 result, the per-experiment job costs and timeline. Stops the workers with the documented stop command.
 
   python bench/parallel_gpus.py --goal bench/goals/arith.json --budget 300 --gpus 0,1,2,3 --out $OUT/x4.json
@@ -56,6 +57,9 @@ def timeline_row(client, e: dict, start: float) -> dict:
            "accel_s": round(e["accelerator_hours"] * 3600, 1), "eval_s": round(e["eval_seconds"], 1),
            "confirmed": e.get("confirmed"), "rationale": e["plan"].get("rationale", "")[-160:]}
     row["phases"] = e.get("phases", {})
+    if e.get("job_started_at"):  # when its job held the GPU (a queued run waits for it inside its MLflow run)
+        row["t_job_start"] = round(e["job_started_at"] - start, 1)
+        row["t_job_end"] = round(e["job_started_at"] + e["job_seconds"] - start, 1)
     if e.get("mlflow_run_id"):
         run = client.get_run(e["mlflow_run_id"])
         info = run.info
@@ -81,12 +85,17 @@ def flow_run_marks(flow_run_id: str, start: float) -> dict:
     return marks
 
 
-def idle_breakdown(timeline: list[dict], gpus: list[str], wall: float) -> dict[str, dict]:
-    """Per GPU, its idle seconds: before its first experiment, between experiments, after its last one."""
+def _spans(timeline: list[dict], gpu: str, span: str) -> list[tuple[float, float]]:
+    a, b = ("t_start", "t_end") if span == "run" else ("t_job_start", "t_job_end")
+    return sorted((r[a], r[b]) for r in timeline if r.get("gpu") == gpu and r.get(a) is not None and r.get(b) is not None)
+
+
+def idle_breakdown(timeline: list[dict], gpus: list[str], wall: float, span: str = "run") -> dict[str, dict]:
+    """Per GPU, its idle seconds: before its first experiment, between experiments, after its last one
+    (`span`: "run", an experiment's MLflow run; "job", its training job on the GPU)."""
     out = {}
     for g in gpus:
-        spans = sorted((r["t_start"], r["t_end"]) for r in timeline
-                       if r.get("gpu") == g and r.get("t_start") is not None and r.get("t_end") is not None)
+        spans = _spans(timeline, g, span)
         if not spans:
             out[g] = {"before_first": round(wall, 1), "between": 0.0, "after_last": 0.0}
             continue
@@ -94,20 +103,20 @@ def idle_breakdown(timeline: list[dict], gpus: list[str], wall: float) -> dict[s
         for a, b in spans[1:]:
             between += max(0.0, a - reach)
             reach = max(reach, b)
-        out[g] = {"before_first": spans[0][0], "between": round(between, 1), "after_last": round(wall - reach, 1)}
+        out[g] = {"before_first": spans[0][0], "between": round(between, 1), "after_last": round(wall - reach, 1),
+                  "between_share": round(between / (reach - spans[0][0]), 4) if reach > spans[0][0] else None}
     return out
 
 
-def held_fractions(timeline: list[dict], gpus: list[str], wall: float) -> dict[str, float]:
-    """Per GPU: the share of the loop's wall clock in which an experiment's run held it (from its MLflow
-    run's start to its end: data, training, dev checks, save). nvidia-smi's busy samples undercount a
-    small model (part 8b: 0% samples inside a job); this counts what the loop could have kept busy."""
+def held_fractions(timeline: list[dict], gpus: list[str], wall: float, span: str = "run") -> dict[str, float]:
+    """Per GPU: the share of the loop's wall clock in which an experiment held it: `span` "run", from its
+    MLflow run's start to its end (data, training, dev checks, save); "job", its training job only (what a
+    GPU's queue keeps back to back). nvidia-smi's busy samples undercount a small model (part 8b: 0%
+    samples inside a job); this counts what the loop could have kept busy."""
     out = {}
     for g in gpus:
-        spans = sorted((r["t_start"], r["t_end"]) for r in timeline
-                       if r.get("gpu") == g and r.get("t_start") is not None and r.get("t_end") is not None)
         held, reach = 0.0, 0.0
-        for a, b in spans:  # union of the spans
+        for a, b in _spans(timeline, g, span):  # union of the spans
             a = max(a, reach)
             if b > a:
                 held += b - a
@@ -186,6 +195,10 @@ def main() -> None:
         result["held_fraction"] = held
         result["idle_held_mean"] = round(1 - sum(held.values()) / len(held), 4)
         result["idle_s"] = idle_breakdown(result["timeline"], gpus, end - start)
+        job_held = held_fractions(result["timeline"], gpus, end - start, span="job")
+        result["job_held_fraction"] = job_held
+        result["idle_job_mean"] = round(1 - sum(job_held.values()) / len(job_held), 4)
+        result["idle_job_s"] = idle_breakdown(result["timeline"], gpus, end - start, span="job")
         result["experiment_s"] = sorted(round(r["t_end"] - r["t_start"], 1) for r in result["timeline"]
                                         if r.get("t_end") is not None and r.get("t_start") is not None)
     Path(args.out).write_text(json.dumps(result, indent=1))

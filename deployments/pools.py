@@ -14,8 +14,11 @@ printed either way.
 
   intern-cpu         process pool for the controller (research-loop, nightly-sweep)
   intern-gpu         process pool for experiments: one worker per GPU, each started with
-                     CUDA_VISIBLE_DEVICES=<i> and --limit 1 (deployments/start_workers.sh);
-                     pool concurrency limit = number of GPU slots
+                     CUDA_VISIBLE_DEVICES=<i>, its own work queue gpu-<i> and --limit <depth>
+                     (deployments/start_workers.sh); pool concurrency limit = GPUs x depth.
+                     The controller sends each experiment to a GPU's queue, up to <depth> per GPU
+                     (INTERN_QUEUE_DEPTH, default 2): one trains while the next builds its rows and
+                     waits for the GPU, so the GPU does not idle between them
   intern-gpu-docker  (--docker) docker pool for experiments in the worker image
                      (deployments/docker-pool.json: GPU DeviceRequest, shm 8g)
   global concurrency limits: `gpu` (N slots, all GPUs of the fleet) and `gpu-<i>` (1 slot
@@ -44,6 +47,11 @@ DOCKER_DEPLOYMENT = "experiment-docker"
 NIGHTLY = "nightly-sweep/nightly-sweep"
 
 
+def queue_depth() -> int:
+    """Experiments per GPU at once (one training, the rest preparing): INTERN_QUEUE_DEPTH, default 2."""
+    return int(os.environ.get("INTERN_QUEUE_DEPTH") or 2)
+
+
 def default_gpu_count() -> int:
     if os.environ.get("INTERN_GPUS"):
         return int(os.environ["INTERN_GPUS"])
@@ -66,8 +74,9 @@ async def ensure_pools(gpus: int, controller_slots: int | None = None, docker: b
                        concurrency_limit=controller_slots,
                        description="ml-intern controllers (research-loop, nightly-sweep)"),
         WorkPoolCreate(name=GPU_POOL, type="process", base_job_template=process_template,
-                       concurrency_limit=gpus,
-                       description=f"ml-intern experiments: one process worker per GPU ({gpus} slots)"),
+                       concurrency_limit=gpus * queue_depth(),
+                       description=f"ml-intern experiments: one process worker per GPU ({gpus} GPUs, "
+                                   f"{queue_depth()} experiments each: one trains, the next prepares)"),
     ]
     if docker:
         pools.append(WorkPoolCreate(name=DOCKER_POOL, type="docker", base_job_template=docker_template,
@@ -77,10 +86,33 @@ async def ensure_pools(gpus: int, controller_slots: int | None = None, docker: b
         for pool in pools:
             await client.create_work_pool(pool, overwrite=True)
             print(f"work pool {pool.name} ({pool.type}, concurrency {pool.concurrency_limit})")
+        await ensure_gpu_queues(client, range(gpus))
         await client.upsert_global_concurrency_limit_by_name("gpu", gpus)
         for i in range(gpus):
             await client.upsert_global_concurrency_limit_by_name(f"gpu-{i}", 1)
         print(f"global concurrency limits: gpu ({gpus} slots), gpu-0..gpu-{gpus - 1} (1 slot each)")
+
+
+async def ensure_gpu_queues(client, ids) -> None:
+    """A work queue `gpu-<i>` in intern-gpu per GPU, polled by that GPU's worker only: the controller
+    picks the GPU of each experiment (mlintern.flows.dispatch.gpu_lanes)."""
+    from prefect.exceptions import ObjectAlreadyExists
+
+    for i in ids:
+        try:
+            await client.create_work_queue(name=f"gpu-{i}", work_pool_name=GPU_POOL, concurrency_limit=queue_depth(),
+                                           description=f"experiments for GPU {i}")
+        except ObjectAlreadyExists:
+            queue = await client.read_work_queue_by_name(f"gpu-{i}", work_pool_name=GPU_POOL)
+            await client.update_work_queue(queue.id, concurrency_limit=queue_depth())
+    print(f"work queues in {GPU_POOL}: " + ", ".join(f"gpu-{i}" for i in ids) + f" ({queue_depth()} experiments each)")
+
+
+async def _gpu_queues_only(ids: list[str]) -> None:
+    from prefect import get_client
+
+    async with get_client() as client:
+        await ensure_gpu_queues(client, ids)
 
 
 def deployment_names(docker: bool) -> list[str]:
@@ -151,7 +183,12 @@ def main(argv: list[str] | None = None) -> None:
     nightly.add_argument("--no-nightly", dest="nightly", action="store_false",
                          help="pause the nightly-sweep schedule")
     parser.add_argument("--no-deploy", action="store_true", help="only create pools and limits")
+    parser.add_argument("--gpu-queues", default=None, metavar='"0 1"',
+                        help="only make sure these GPUs' work queues exist (deployments/start_workers.sh)")
     args = parser.parse_args(argv)
+    if args.gpu_queues is not None:
+        asyncio.run(_gpu_queues_only(args.gpu_queues.split()))
+        return
     gpus = args.gpus or default_gpu_count()
     asyncio.run(ensure_pools(gpus, args.controller_slots, docker=args.docker))
     if args.no_deploy:

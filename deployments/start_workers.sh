@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Start ml-intern's workers on this host, in the background, logs under $INTERN_LOG_DIR.
-#   one process worker per GPU on intern-gpu: CUDA_VISIBLE_DEVICES=<i>, --limit 1 (a GPU
-#   never runs two experiments), named gpu-<host>-<i>;
+#   one process worker per GPU on intern-gpu: CUDA_VISIBLE_DEVICES=<i>, named gpu-<host>-<i>,
+#   polling its own work queue gpu-<i> (and `default`), --limit $INTERN_QUEUE_DEPTH (default 2):
+#   while one experiment trains, the next one's flow run starts, builds its rows and waits for the
+#   GPU (a host lock, then the global limit gpu-<i>: a GPU never runs two jobs);
 #   with --controller, also one worker on intern-cpu for research-loop / nightly-sweep.
 #
 #   bash deployments/start_workers.sh [--gpus "0 1 2 3"] [--controller] [--no-gpu]
@@ -72,9 +74,12 @@ start() {  # name, then an env(1) command line: VAR=value... command args...
 # and stop_workers.sh stops it with the rest.
 
 if [ "$NO_GPU" = 0 ]; then
+  DEPTH="${INTERN_QUEUE_DEPTH:-2}"
+  python "$ROOT/deployments/pools.py" --gpu-queues "$GPUS" >/dev/null
   for i in $GPUS; do
     start "gpu-$HOST-$i" CUDA_VISIBLE_DEVICES="$i" INTERN_GPU_ID="$i" \
-      prefect worker start --pool intern-gpu --type process --limit 1 --name "gpu-$HOST-$i"
+      prefect worker start --pool intern-gpu --type process --limit "$DEPTH" --name "gpu-$HOST-$i" \
+      --work-queue "gpu-$i" --work-queue default
     # Each GPU's persistent training worker starts now, owned by the Prefect worker and with its
     # environment and interpreter (so its flow runs find it), not with the first experiment: that start (imports, CUDA
     # context) was 20-30 s of idle GPU per GPU (bench/RESULTS.md part 11c). INTERN_WARM_WORKERS=0 skips it;

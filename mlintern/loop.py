@@ -67,16 +67,18 @@ class LoopState:
     def wall_left_s(self) -> float:
         return self.goal.budget.wall_time_minutes * 60 - (time.time() - self.started)
 
-    def experiment_wall_s(self) -> float:
-        """Wall-clock seconds an experiment's job started now may take: what is left of the wall-time
-        budget, less the final test and what an experiment takes outside its job (`final_reserve_s`)."""
-        return self.wall_left_s() - final_reserve_s(self.goal, self.throughput(), self.overhead_s())
+    def experiment_wall_s(self, ahead_s: float = 0.0) -> float:
+        """Wall-clock seconds the job of an experiment dispatched now may take: what is left of the wall-time
+        budget, less the final test and what an experiment takes outside its job (`final_reserve_s`), and
+        less `ahead_s`, the seconds its GPU is still promised to the jobs queued before it."""
+        return self.wall_left_s() - ahead_s - final_reserve_s(self.goal, self.throughput(), self.overhead_s())
 
     def note_overhead(self, wall_s: float, result: ExperimentResult) -> None:
-        """Record how long an experiment took, from dispatch to its result, beyond its job (only where a
-        job ran: a crash before or during one says nothing about the time around a job)."""
+        """Record how long an experiment took, from dispatch to its result, beyond its job and the wait for
+        its GPU's job before it (only where a job ran: a crash before or during one says nothing about the
+        time around a job)."""
         if result.job_seconds > 0 and result.failure is None:
-            self.overheads.append(max(0.0, wall_s - result.job_seconds))
+            self.overheads.append(max(0.0, wall_s - result.job_seconds - result.phases.get("gpu_wait", 0.0)))
 
     def overhead_s(self) -> float | None:
         """The most any of the last experiments took outside its job (None before the first): through a

@@ -44,6 +44,9 @@ class Settings(BaseSettings):
     llm_retries: int = 2
     # Dispatch experiments through a Prefect deployment instead of an in-process subflow.
     experiment_deployment: str | None = None
+    # Experiments sent to one GPU's work queue at once (its worker's --limit, deployments/start_workers.sh):
+    # one trains while the next one's flow run starts and builds its rows, then takes the GPU as it frees.
+    queue_depth: int = 2
     train_timeout_s: float = 6 * 3600
     # "persistent": one long-lived training worker per device imports once and keeps models
     # (mlintern.worker); "fresh": a new process per job (also used under accelerate launch).

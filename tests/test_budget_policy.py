@@ -501,3 +501,26 @@ def test_the_wall_clock_an_experiment_may_take_leaves_time_for_the_final_test():
     state.note_overhead(400.0, failed)  # a crash says nothing about the time around a job
     assert state.overhead_s() == pytest.approx(35.0)
     assert state.experiment_wall_s() == pytest.approx(540 - 14 - 35, abs=1)
+    # an experiment queued behind another on its GPU: its wait for the GPU is not time around its job,
+    # and its job may take only what is left once the jobs before it there are done
+    queued = trial.model_copy(update={"phases": {**trial.phases, "gpu_wait": 80.0}})
+    state.note_overhead(queued.job_seconds + 80.0 + 6.0, queued)
+    assert state.overhead_s() == pytest.approx(35.0)
+    assert state.experiment_wall_s(ahead_s=100.0) == pytest.approx(540 - 14 - 35 - 100, abs=1)
+
+
+def test_the_next_experiment_goes_to_the_gpu_lane_that_frees_first():
+    from mlintern.flows.research_loop import Flight, _free_lane
+
+    goal = Goal(name="g")
+    plan = MultiFidelityPlanner().propose(ctx(goal))
+    assert _free_lane([], 2, overhead_s=10.0, now=1000.0) == (0, 0.0)
+    # lane 0 trains one experiment: an empty lane comes first, with nothing ahead of it
+    one = [Flight(plan, lane=0, dispatched=990.0, job_limit_s=60.0)]
+    assert _free_lane(one, 2, overhead_s=10.0, now=1000.0) == (1, 0.0)
+    # both lanes busy: the one whose job ends first; its job ends at dispatch + preparation + job limit
+    two = one + [Flight(plan, lane=1, dispatched=995.0, job_limit_s=30.0)]
+    assert _free_lane(two, 2, overhead_s=10.0, now=1000.0) == (1, pytest.approx(35.0))
+    # one lane of depth 2: the second queued job starts when the first ends, however early it was sent
+    queued = one + [Flight(plan, lane=0, dispatched=991.0, job_limit_s=20.0)]
+    assert _free_lane(queued, 1, overhead_s=10.0, now=1000.0) == (0, pytest.approx(80.0))

@@ -376,7 +376,11 @@ def test_setup_deploys_everything_on_a_real_server(tmp_path):
 
         pools = {p["name"]: p for p in httpx.post(f"{api}/work_pools/filter", json={}, timeout=30).json()}
         assert pools["intern-cpu"]["type"] == "process"
-        assert pools["intern-gpu"]["type"] == "process" and pools["intern-gpu"]["concurrency_limit"] == 2
+        # 2 GPUs, 2 experiments each: one trains while the next prepares
+        assert pools["intern-gpu"]["type"] == "process" and pools["intern-gpu"]["concurrency_limit"] == 4
+        queues = {q["name"]: q for q in httpx.post(f"{api}/work_pools/intern-gpu/queues/filter", json={},
+                                                     timeout=30).json()}
+        assert {"gpu-0", "gpu-1"} <= set(queues) and queues["gpu-0"]["concurrency_limit"] == 2, queues
         assert "intern-gpu-docker" not in pools, "no Docker pool unless asked for"
         assert httpx.get(f"{api}/deployments/name/experiment/experiment-docker", timeout=30).status_code == 404
         limits = {c["name"]: c["limit"] for c in httpx.post(f"{api}/v2/concurrency_limits/filter", json={},
@@ -466,7 +470,9 @@ def run_loop_from_ui(tmp_path: Path, tracking_uri: str, prefect_db: str | None =
         when = datetime.fromisoformat
         assert when(scale_up["start_time"]) >= max(when(r["end_time"]) for r in trials), \
             "the scale-up continues the trials' winner: it starts once both are done"
-        assert all(r["work_queue_name"] == "default" and r["idempotency_key"] for r in runs)
+        # the controller picks each experiment's GPU: its queue, polled by that GPU's worker alone
+        assert all(r["work_queue_name"] == "gpu-" + r["labels"]["prefect.worker.name"].rsplit("-", 1)[1]
+                   and r["idempotency_key"] for r in runs), [(r["work_queue_name"], r["labels"]) for r in runs]
         assert all(r["parent_task_run_id"] for r in runs), "dispatched runs are the controller's subflows"
 
         client = MlflowClient(tracking_uri)
@@ -503,6 +509,54 @@ def test_ui_run_dispatches_experiments_to_two_gpu_workers(tmp_path, monkeypatch)
     if keep:
         Path(keep).mkdir(parents=True, exist_ok=True)
         shutil.copy(tmp_path / "mlflow.db", Path(keep) / "mlflow.db")
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(1500)
+def test_a_gpu_prepares_its_next_experiment_while_one_trains(tmp_path, monkeypatch):
+    """One GPU worker, one lane: the controller sends the next experiment to the GPU's queue while one
+    trains (queue depth 2). Its flow run starts and builds its rows meanwhile, then takes the GPU when the
+    job before it ends: no two jobs overlap, and the GPU changes hands within seconds, not after a
+    flow-run process start, a data build and Prefect's retry of the GPU's limit."""
+    from mlflow.tracking import MlflowClient
+
+    import mlflow
+
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
+    # two trials dispatched at once on the one lane, a third when the first ends, then the scale-up
+    goal = tiny_goal(name="deploy-lane", parallel_experiments=1, budget={"max_experiments": 4}).model_dump(mode="json")
+    with prefect_server(tmp_path) as (api, server):
+        env = base_env(tmp_path, PREFECT_API_URL=api, INTERN_TRACKING_URI=tracking_uri)
+        deploy_all(env, gpus=1)
+        with workers(tmp_path, env, gpus="0", controller=True) as log_dir:
+            loop = deployment(api, "research-loop/research-loop")
+            created = run_from_ui(api, loop["id"], {"goal": goal})
+            assert created.status_code == 201, created.text
+            run = wait_flow_run(api, created.json()["id"], timeout=1300, services=[server, *worker_logs(log_dir)])
+            assert run["state_type"] == "COMPLETED", (
+                f"research-loop ended {run['state_name']}\n{flow_run_logs(api, run['id'])[-6000:]}")
+            runs = {r["id"]: r for r in flow_runs(api, deployment_id={"any_": [deployment(api, "experiment/experiment")["id"]]})}
+    assert len(runs) == 4 and all(r["state_type"] == "COMPLETED" and r["work_queue_name"] == "gpu-0"
+                                  for r in runs.values()), [(r["name"], r["state_name"], r["work_queue_name"]) for r in runs.values()]
+    client = MlflowClient(tracking_uri)
+    exp = next(e for e in client.search_experiments() if e.name.startswith("intern-deploy-lane-"))
+    mlflow.set_tracking_uri(tracking_uri)
+    results = sorted((json.loads(mlflow.artifacts.load_text(f"runs:/{r.info.run_id}/result.json")) | {
+        "flow_run": runs[r.data.tags["prefect.flow_run_id"]]}
+        for r in client.search_runs([exp.experiment_id], "tags.`intern.kind` = 'experiment'")),
+        key=lambda e: e["job_started_at"])
+    assert [e["plan"]["stage"] for e in results] == ["explore"] * 3 + ["scale_up"], [e["plan"]["stage"] for e in results]
+    when = lambda r, key: datetime.fromisoformat(r["flow_run"][key]).timestamp()  # noqa: E731
+    for before, after in zip(results, results[1:]):
+        job_end = before["job_started_at"] + before["job_seconds"]
+        assert after["job_started_at"] >= job_end - 0.5, "two jobs held the one GPU at once"
+    first, second = results[0], results[1]
+    first_end = first["job_started_at"] + first["job_seconds"]
+    assert when(second, "start_time") < first_end and second["phases"]["gpu_wait"] > 0, (
+        "the second experiment's flow run started, and built its rows, while the first trained", second["phases"])
+    assert second["job_started_at"] - first_end < 5.0, (
+        "the queued experiment takes the GPU as it frees", second["job_started_at"] - first_end)
 
 
 # --------------------------------------------------------------------------- PostgreSQL scale-out

@@ -172,3 +172,47 @@ def test_worker_exits_when_its_owner_is_gone(intern_env, monkeypatch):
     owner.kill()
     owner.wait()
     assert wait_dead(reply.worker_pid, 10), "no worker outlives its owner"
+
+
+@pytest.mark.parametrize("prefect_limits", [True, False])
+def test_an_experiment_queued_on_a_gpu_takes_it_the_moment_the_job_before_ends(
+        prefect_harness, monkeypatch, tmp_path, prefect_limits):
+    """Each GPU's Prefect worker takes a second experiment while one trains (start_workers.sh --limit 2);
+    the second's flow run waits in gpu_slot. It must not train beside the first, even where setup.sh's
+    global limits are missing, and it must get the GPU within a second of the first's release, not at
+    Prefect's next retry (the server's Retry-After for a limit held for minutes is up to 30 s)."""
+    import threading
+
+    from prefect import get_client
+
+    from mlintern.flows.experiment import gpu_slot
+
+    monkeypatch.setenv("INTERN_GPU_ID", "7")
+    monkeypatch.setenv("INTERN_RUNTIME_DIR", str(tmp_path))
+    with get_client(sync_client=True) as client:
+        for name in ("gpu", "gpu-7"):
+            if prefect_limits:
+                client.upsert_global_concurrency_limit_by_name(name, 1)
+            else:
+                try:
+                    client.delete_global_concurrency_limit_by_name(name)
+                except Exception:
+                    pass
+    marks: dict[str, float] = {}
+
+    def job(name: str, delay: float, hold: float) -> None:
+        time.sleep(delay)
+        with gpu_slot() as waited:
+            marks[f"{name}-in"], marks[f"{name}-waited"] = time.time(), waited
+            time.sleep(hold)
+            marks[f"{name}-out"] = time.time()
+
+    threads = [threading.Thread(target=job, args=("first", 0.0, 4.0)),
+               threading.Thread(target=job, args=("second", 1.0, 0.1))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=120)
+    assert marks["second-in"] >= marks["first-out"], "two jobs held one GPU at once"
+    assert marks["second-in"] - marks["first-out"] < 1.5, marks
+    assert marks["second-waited"] >= 2.5 and marks["first-waited"] < 2.5, marks

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+import logging
+import re
+
 from prefect.deployments import run_deployment
 
 from mlintern.llm import LLMTranscript
@@ -9,13 +12,39 @@ from mlintern.schemas import ExperimentPlan, ExperimentResult, Failure, FailureK
 from mlintern.settings import get_settings
 from mlintern.ledger import GoalLedger
 
+log = logging.getLogger(__name__)
+
+
+def gpu_lanes(width: int) -> list[str]:
+    """The experiment deployment's per-GPU work queues (`gpu-<i>`, deployments/pools.py) whose worker is
+    polling now, by GPU index, at most `width`: the controller sends each experiment to one of them.
+    [] where the pool has none with a worker (the Docker pool, workers started by hand): experiments then
+    go to the pool, one per GPU at a time."""
+    from prefect import get_client
+    from prefect.client.schemas.objects import WorkQueueStatus
+
+    name = get_settings().experiment_deployment
+    try:
+        with get_client(sync_client=True) as client:
+            pool = client.read_deployment_by_name(name).work_pool_name
+            queues = client.read_work_queues(work_pool_name=pool) if pool else []
+    except Exception as exc:  # the lanes are an optimisation: dispatch to the pool as before
+        log.warning("could not read the work queues of deployment %s (%s); sending experiments to its pool",
+                    name, exc)
+        return []
+    ready = [q for q in queues if re.fullmatch(r"gpu-\d+", q.name) and q.status == WorkQueueStatus.READY
+             and not q.is_paused]
+    ready.sort(key=lambda q: int(q.name.split("-")[1]))
+    return [q.name for q in ready][:width]
+
 
 def dispatch_experiment(goal: Goal, plan: ExperimentPlan, init_model: str, timeout_s: float,
                         fidelity: Fidelity | None = None,
-                        llm_transcript: LLMTranscript | None = None) -> ExperimentResult:
+                        llm_transcript: LLMTranscript | None = None, work_queue: str | None = None) -> ExperimentResult:
     """Idempotent per (goal, plan): a retried or resumed controller never starts a duplicate.
     `fidelity` (the schedule's dev checks and time cap) and `llm_transcript` (how the plan was made)
-    travel with the run; the worker applies the one and logs the other."""
+    travel with the run; the worker applies the one and logs the other. `work_queue`: a GPU's queue
+    (`gpu_lanes`), else the deployment's own."""
     name = get_settings().experiment_deployment
     plan_id = plan.plan_id()
     parameters = {"goal": goal.model_dump(mode="json"), "plan": plan.model_dump(mode="json"),
@@ -30,6 +59,7 @@ def dispatch_experiment(goal: Goal, plan: ExperimentPlan, init_model: str, timeo
         timeout=None,
         poll_interval=1,  # Prefect's default 5 s left a GPU idle 2.5 s on average after each experiment
         as_subflow=True,
+        work_queue_name=work_queue,
     )
     result = GoalLedger.open(goal).result(plan_id)
     if result is not None:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import contextvars
 import time
+from dataclasses import dataclass
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 
 from prefect import flow, get_run_logger, task
@@ -16,6 +17,7 @@ from prefect.cache_policies import NO_CACHE
 
 from mlintern.benchmarks import PreparedBenchmark
 from mlintern.budget import fmt_seconds
+from mlintern.flows.dispatch import dispatch_experiment, gpu_lanes
 from mlintern.flows.experiment import experiment
 from mlintern.ledger import GoalLedger
 from mlintern.llm import LLMBudgetExceeded, LLMError
@@ -95,24 +97,47 @@ def base_score(ledger: GoalLedger, split: str, base_model: str, bench: PreparedB
     return ledger.record_baseline(split, evaluate(base_model, bench, split, ledger.goal.device))
 
 
+@dataclass
+class Flight:
+    """An experiment dispatched and not yet finished: its plan, the GPU lane it went to, when, and the most
+    its job may take (its fidelity's `job_limit_s`)."""
+
+    plan: ExperimentPlan
+    lane: int
+    dispatched: float
+    job_limit_s: float
+
+
 def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenchmark, literature: list[PaperDigest],
              base_model: str, ledger: GoalLedger) -> None:
-    """Keep up to `parallel_experiments` experiments in flight (one where no experiment deployment
-    dispatches them); plan the next one as soon as one finishes, until a stop reason holds."""
+    """Keep every GPU lane busy (`parallel_experiments` of them; one where no experiment deployment
+    dispatches them); plan the next experiment as soon as a lane has room, until a stop reason holds.
+    Where each GPU has its own work queue, a lane holds `queue_depth` experiments: one trains while the
+    next one's flow run starts and builds its rows, and takes the GPU the moment it frees."""
+    logger = get_run_logger()
     dispatch = get_settings().experiment_deployment is not None
     width = loop_lanes(goal)
-    in_flight: dict[Future, ExperimentPlan] = {}
+    queues: list[str | None] = list(gpu_lanes(width)) if dispatch else []
+    if queues and len(queues) < width:
+        logger.warning("parallel_experiments is %d but only %d GPU work queue(s) have a worker (%s): running %d "
+                       "experiment(s) at once", width, len(queues), ", ".join(queues), len(queues))
+        width = len(queues)
+    lanes = queues or [None] * width
+    depth = get_settings().queue_depth if queues else 1
+    in_flight: dict[Future, Flight] = {}
     finished = False  # results recorded since the progress was last published
-    with ThreadPoolExecutor(max_workers=width) as pool:
+    with ThreadPoolExecutor(max_workers=len(lanes) * depth) as pool:
         while True:
-            while state.stop_reason() is None and _room(state, in_flight, width):
-                plan = next_plan(planner, state, bench, literature, list(in_flight.values()), width)
+            while state.stop_reason() is None and _room(state, in_flight, len(lanes) * depth):
+                lane, ahead_s = _free_lane(list(in_flight.values()), len(lanes), state.overhead_s() or 0.0)
+                pending = [f.plan for f in in_flight.values()]
+                plan = next_plan(planner, state, bench, literature, pending, width, ahead_s)
                 if plan is None:
                     break
-                fidelity = fidelity_for(plan, goal, state.sizing(list(in_flight.values())), state.history, state.rungs,
-                                        lanes=width, wall_s=state.experiment_wall_s(),
+                fidelity = fidelity_for(plan, goal, state.sizing(pending), state.history, state.rungs,
+                                        lanes=len(lanes) * depth, wall_s=state.experiment_wall_s(ahead_s),
                                         confirm_above=state.best if bench.confirm_task else None)
-                run = _runner(goal, plan, state, base_model, fidelity, dispatch)
+                run = _runner(goal, plan, state, base_model, fidelity, dispatch, lanes[lane])
                 if not dispatch:  # embedded: the experiment is a subflow in this thread
                     began = time.time()
                     result = run()
@@ -120,7 +145,8 @@ def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenc
                     finish(result, state, bench, base_model, ledger, planner)
                     publish_progress(state, ledger, planner)
                     continue
-                in_flight[pool.submit(_timed, contextvars.copy_context().run, run)] = plan
+                flight = Flight(plan, lane, time.time(), fidelity.job_limit_s or state.wall_left_s())
+                in_flight[pool.submit(_timed, contextvars.copy_context().run, run)] = flight
             if finished:  # after the freed GPUs got their next experiment, not before
                 publish_progress(state, ledger, planner)
                 finished = False
@@ -138,21 +164,37 @@ def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenc
             state.planner_done = None
 
 
+def _free_lane(flights: list[Flight], lanes: int, overhead_s: float, now: float | None = None) -> tuple[int, float]:
+    """The lane for the next experiment: the one with the fewest experiments in flight, then the one that
+    frees first; and the seconds until it frees, as far as the jobs already sent there may take (each
+    starts once the one before it ends, and once its own preparation, `overhead_s`, is done)."""
+    now = time.time() if now is None else now
+    free_at = []
+    for lane in range(lanes):
+        end = now
+        for f in sorted((f for f in flights if f.lane == lane), key=lambda f: f.dispatched):
+            end = max(end, f.dispatched + overhead_s) + f.job_limit_s
+        free_at.append((sum(f.lane == lane for f in flights), end, lane))
+    count, end, lane = min(free_at)
+    return lane, (end - now if count else 0.0)
+
+
 def _timed(call, *args) -> tuple[ExperimentResult, float]:
     """`call(*args)` and the wall seconds it took (an experiment, from its dispatch to its result)."""
     began = time.time()
     return call(*args), time.time() - began
 
 
-def _room(state: LoopState, in_flight: dict, width: int) -> bool:
+def _room(state: LoopState, in_flight: dict, capacity: int) -> bool:
     if len(state.history) + len(in_flight) >= state.goal.budget.max_experiments:
         return False
-    return len(in_flight) < (1 if state.pending_failure() else width)
+    return len(in_flight) < (1 if state.pending_failure() else capacity)
 
 
 def next_plan(planner: Planner, state: LoopState, bench: PreparedBenchmark, literature: list[PaperDigest],
-              pending: list[ExperimentPlan], lanes: int = 1) -> ExperimentPlan | None:
-    """The planner's next plan, or None (with the reason kept on the state) when there is none."""
+              pending: list[ExperimentPlan], lanes: int = 1, ahead_s: float = 0.0) -> ExperimentPlan | None:
+    """The planner's next plan, or None (with the reason kept on the state) when there is none. `ahead_s`:
+    seconds until its GPU frees (the jobs queued there before it)."""
     logger = get_run_logger()
     failure = state.pending_failure()
     ctx = PlanningContext(
@@ -162,7 +204,7 @@ def next_plan(planner: Planner, state: LoopState, bench: PreparedBenchmark, lite
         eval_files=[str(f) for f in bench.eval_files()],
         failure=failure[0] if failure else None, failure_plan=failure[1] if failure else None,
         sizing=state.sizing(pending), on_gpu=state.on_gpu, rungs=state.rungs, lanes=lanes,
-        wall_left_s=state.experiment_wall_s(),
+        wall_left_s=state.experiment_wall_s(ahead_s),
         llm_dollars=state.llm_dollars,
     )
     try:
@@ -178,16 +220,15 @@ def next_plan(planner: Planner, state: LoopState, bench: PreparedBenchmark, lite
     return None
 
 
-def _runner(goal: Goal, plan: ExperimentPlan, state: LoopState, base_model: str, fidelity, dispatch: bool):
+def _runner(goal: Goal, plan: ExperimentPlan, state: LoopState, base_model: str, fidelity, dispatch: bool,
+            work_queue: str | None = None):
     timeout = max(60.0, min(get_settings().train_timeout_s, state.wall_left_s()))
     transcript = take_transcript(plan)  # how an LLM made the plan: logged to the plan's run
     if transcript is not None and transcript.dollars:
         state.inflight_dollars[plan.plan_id()] = transcript.dollars  # the result carries it once finished
     init = state.champion.model_path if plan.init_from == "champion" and state.champion is not None else base_model
     if dispatch:
-        from mlintern.flows.dispatch import dispatch_experiment
-
-        return lambda: dispatch_experiment(goal, plan, init, timeout, fidelity, transcript)
+        return lambda: dispatch_experiment(goal, plan, init, timeout, fidelity, transcript, work_queue)
     return lambda: experiment(goal, plan, init, timeout, fidelity, llm_transcript=transcript)
 
 

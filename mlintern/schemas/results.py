@@ -88,12 +88,14 @@ class ExperimentResult(_Model):
     phases: dict[str, float] = Field(
         default_factory=dict,
         description="Seconds per phase inside the job (load, build, train_call, final_eval, save): where its fixed "
-        "cost went; and outside it: data (sourcing and building the training rows), worker_start (starting "
-        "the training worker, when the job found none running).")
+        "cost went; and outside it: data (sourcing and building the training rows), gpu_wait (waiting for the "
+        "GPU's job before it to end), worker_start (starting the training worker, when the job found none running).")
     job_seconds: float = Field(
         0.0, validation_alias=AliasChoices("job_seconds", "train_wall_seconds"),
         description="Wall seconds the job held its accelerator (load, train, eval, save; a fresh process's "
         "imports too).")
+    job_started_at: float | None = Field(
+        None, description="Unix time the job got its accelerator (after the job before it on that GPU ended).")
     curve: list[CurvePoint] = Field(default_factory=list, description="Dev checks during training (rungs) and at the end.")
     pruned_at: float | None = Field(None, description="Training-clock seconds at which the pruner stopped it.")
     llm_dollars: float = Field(0.0, ge=0, description="LLM spend of this experiment, in US dollars: planning it (its transcript) and its hub column maps.")
