@@ -125,6 +125,13 @@ def held_fractions(timeline: list[dict], gpus: list[str], wall: float, span: str
     return out
 
 
+def _device_names() -> list[str]:
+    try:
+        return subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout.splitlines()
+    except (OSError, subprocess.SubprocessError):
+        return []
+
+
 def main() -> None:
     ap = argparse.ArgumentParser()
     ap.add_argument("--goal", required=True)
@@ -175,7 +182,8 @@ def main() -> None:
     for exp in client.search_experiments():
         for run in client.search_runs([exp.experiment_id], "tags.`intern.kind` = 'report'"):
             report = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/report.json"))
-    result = {"gpus": len(gpus), "budget_s": args.budget, "state": flow_run.state.name if flow_run.state else None,
+    result = {"device": _device_names(), "queue_depth": int(os.environ.get("INTERN_QUEUE_DEPTH") or 2),
+              "gpus": len(gpus), "budget_s": args.budget, "state": flow_run.state.name if flow_run.state else None,
               "wall_s": round(end - start, 1), "gpu": busy_fractions(smi, start, end)}
     if report:
         exps = report["experiments"]
