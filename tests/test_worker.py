@@ -185,7 +185,7 @@ def test_an_experiment_queued_on_a_gpu_takes_it_the_moment_the_job_before_ends(
 
     from prefect import get_client
 
-    from mlintern.flows.experiment import gpu_slot
+    from mlintern.tasks.train import gpu_slot
 
     monkeypatch.setenv("INTERN_GPU_ID", "7")
     monkeypatch.setenv("INTERN_RUNTIME_DIR", str(tmp_path))

@@ -7,14 +7,11 @@ in MLflow, so nothing is lost if the controller dies meanwhile.
 
 from __future__ import annotations
 
-import fcntl
 import os
 import time
 import traceback
-from contextlib import contextmanager
 
 from prefect import flow, get_run_logger
-from prefect.concurrency.sync import concurrency
 from prefect.runtime import flow_run
 
 from mlintern.ledger import GoalLedger
@@ -27,7 +24,6 @@ from mlintern.tasks.data import build_data
 from mlintern.tasks.evaluate import eval_spec
 from mlintern.tasks.setup import prepare
 from mlintern.tasks.train import train, use_worker
-from mlintern.worker.protocol import runtime_dir
 from mlintern.worker.warm import warm_in_background
 
 
@@ -42,25 +38,6 @@ def _column_mapper(goal: Goal, transcript: LLMTranscript | None) -> LLMClient | 
     if transcript is not None and transcript.budget_left_dollars is not None:
         left = min(left, transcript.budget_left_dollars)
     return LLMClient(model=model, api_base=goal.llm_api_base or get_settings().llm_api_base, budget_dollars=left)
-
-
-@contextmanager
-def gpu_slot():
-    """Hold this worker's GPU while its job runs, so no GPU runs two jobs: a lock on this host first,
-    then Prefect's global concurrency limits `gpu` and `gpu-<id>` (made by deployments/setup.sh). A GPU's
-    worker takes a second experiment while one trains (deployments/start_workers.sh, --limit 2), whose
-    flow run builds its rows meanwhile and waits here. The host lock hands the GPU over the moment the
-    job before ends; Prefect alone would have it retry after up to 30 s (the server's Retry-After for a
-    limit whose slots are held for long). Yields the seconds it waited. A no-op where no GPU id is set."""
-    gid = os.environ.get("INTERN_GPU_ID")
-    if not gid:
-        yield 0.0
-        return
-    began = time.time()
-    with open(runtime_dir() / f"gpu-{gid}.lock", "a+") as lock_file:
-        fcntl.flock(lock_file, fcntl.LOCK_EX)  # released by the kernel if this process dies
-        with concurrency(["gpu", f"gpu-{gid}"], occupy=1, strict=False):
-            yield time.time() - began
 
 
 @flow(name="experiment", log_prints=True, validate_parameters=True)
@@ -94,13 +71,9 @@ def experiment(
                        benchmark_metric=bench.metric, fidelity=fidelity or Fidelity(),
                        evaluation=eval_spec(bench, "dev", goal.device),
                        confirmation=eval_spec(bench, "confirm", goal.device) if bench.confirm_task else None)
-        with gpu_slot() as waited_s:
-            began = time.time()
-            outcome = train(job, run_id, ledger.tracking_uri, timeout_s or settings.train_timeout_s)
+        outcome = train(job, run_id, ledger.tracking_uri, timeout_s or settings.train_timeout_s)
         result = record_outcome(result, outcome)
         result.phases["data"] = round(data_s, 3)
-        result.phases["gpu_wait"] = round(waited_s, 3)
-        result.job_started_at = began
     except Exception as exc:  # bad data, a dead evaluation: recorded, never fatal to the loop
         logger.error("experiment %s failed: %s", plan_id, exc)
         result.failure = classify(exc, traceback.format_exc())

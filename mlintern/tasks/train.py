@@ -4,15 +4,18 @@ or in a fresh child process; classify what went wrong."""
 from __future__ import annotations
 
 import ctypes
+import fcntl
 import json
 import os
 import signal
 import subprocess
 import sys
 import time
+from contextlib import contextmanager
 from pathlib import Path
 
 from prefect import task
+from prefect.concurrency.sync import concurrency
 from prefect.cache_policies import NO_CACHE
 
 from mlintern.schemas import Failure, FailureKind
@@ -20,6 +23,7 @@ from mlintern.settings import get_settings
 from mlintern.training.failures import classify
 from mlintern.training.job import TrainJob, TrainOutcome
 from mlintern.tasks import run_logger
+from mlintern.worker.protocol import runtime_dir
 
 
 def training_command(job_path: Path, outcome_path: Path, faults: str | None) -> list[str]:
@@ -32,6 +36,26 @@ def training_command(job_path: Path, outcome_path: Path, faults: str | None) -> 
             launch += ["--num_processes", os.environ["INTERN_ACCELERATE_NUM_PROCESSES"]]
         return [*launch, *args]
     return [sys.executable, *args]
+
+
+@contextmanager
+def gpu_slot():
+    """Hold this worker's GPU while its job runs, so no GPU runs two jobs: a lock on this host first,
+    then Prefect's global concurrency limits `gpu` and `gpu-<id>` (made by deployments/setup.sh). A GPU's
+    worker takes a second experiment while one trains (deployments/start_workers.sh, --limit 2), whose
+    flow run builds its rows meanwhile and waits here, inside the `train` task, so that neither the task's
+    start nor the end of the one before it stands between the two jobs. The host lock hands the GPU over the moment the
+    job before ends; Prefect alone would have it retry after up to 30 s (the server's Retry-After for a
+    limit whose slots are held for long). Yields the seconds it waited. A no-op where no GPU id is set."""
+    gid = os.environ.get("INTERN_GPU_ID")
+    if not gid:
+        yield 0.0
+        return
+    began = time.time()
+    with open(runtime_dir() / f"gpu-{gid}.lock", "a+") as lock_file:
+        fcntl.flock(lock_file, fcntl.LOCK_EX)  # released by the kernel if this process dies
+        with concurrency(["gpu", f"gpu-{gid}"], occupy=1, strict=False):
+            yield time.time() - began
 
 
 def use_worker() -> bool:
@@ -54,7 +78,10 @@ def train(job: TrainJob, mlflow_run_id: str, tracking_uri: str, timeout_s: float
     job = job.model_copy(update={"mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri, "faults": faults})
     logger.info("training plan %s (%s, %d steps) on the %s path", job.plan.plan_id(), job.plan.stage,
                 job.plan.hyperparameters.max_steps, "persistent-worker" if use_worker() else "fresh-process")
-    outcome = _on_worker(job, log_path, timeout_s) if use_worker() else _in_child(job, out, log_path, timeout_s)
+    with gpu_slot() as waited_s:
+        began = time.time()
+        outcome = _on_worker(job, log_path, timeout_s) if use_worker() else _in_child(job, out, log_path, timeout_s)
+    outcome.phases["gpu_wait"], outcome.job_started_at = round(waited_s, 3), began
     if outcome.failure is not None and not outcome.failure.log_tail:
         outcome.failure.log_tail = _tail(log_path)
     if outcome.status == "failed":

@@ -50,6 +50,7 @@ class TrainOutcome(BaseModel):
     eval_seconds: float = 0.0  # dev checks and the final dev score, inside the job
     job_seconds: float = Field(  # the whole job as its runner saw it (fresh process: imports too)
         0.0, validation_alias=AliasChoices("job_seconds", "wall_seconds"))
+    job_started_at: float | None = None  # Unix time the job got its GPU (set by the train task)
     dev: EvalScore | None = None
     confirm: EvalScore | None = None  # scored in the job when dev beat fidelity.confirm_above
     curve: list[CurvePoint] = Field(default_factory=list)
