@@ -441,15 +441,13 @@ def wait_for(fetch, timeout: float, step: float = 2.0):
     return fetch()
 
 
-def run_loop_from_ui(tmp_path: Path, tracking_uri: str, prefect_db: str | None = None) -> None:
-    """Run button on research-loop -> controller worker -> 2 experiments on 2 GPU workers -> MLflow."""
-    from mlflow.tracking import MlflowClient
-
-    goal = e2e_goal()
+def goal_from_ui(tmp_path: Path, goal: dict, tracking_uri: str, gpus: str, prefect_db: str | None = None) -> list[dict]:
+    """Run button on research-loop with `goal` -> the controller worker -> experiments on the GPU workers
+    `gpus` (start_workers.sh); the experiment deployment's flow runs once the loop has completed."""
     with prefect_server(tmp_path, database_url=prefect_db) as (api, server):
         env = base_env(tmp_path, PREFECT_API_URL=api, INTERN_TRACKING_URI=tracking_uri)
-        deploy_all(env, gpus=2)
-        with workers(tmp_path, env, gpus="0 1", controller=True) as log_dir:
+        deploy_all(env, gpus=len(gpus.split()))
+        with workers(tmp_path, env, gpus=gpus, controller=True) as log_dir:
             loop = deployment(api, "research-loop/research-loop")
             created = run_from_ui(api, loop["id"], {"goal": goal})
             assert created.status_code == 201, created.text
@@ -457,46 +455,51 @@ def run_loop_from_ui(tmp_path: Path, tracking_uri: str, prefect_db: str | None =
             assert run["state_type"] == "COMPLETED", (
                 f"research-loop ended {run['state_name']}\n{flow_run_logs(api, run['id'])[-6000:]}")
             assert run["labels"].get("prefect.worker.name", "").startswith("controller-")
+            return flow_runs(api, deployment_id={"any_": [deployment(api, "experiment/experiment")["id"]]})
 
-            exp_dep = deployment(api, "experiment/experiment")
-            runs = flow_runs(api, deployment_id={"any_": [exp_dep["id"]]})
-        assert len(runs) == 3, [r["name"] for r in runs]
-        assert all(r["state_type"] == "COMPLETED" for r in runs), [(r["name"], r["state_name"]) for r in runs]
-        runs.sort(key=lambda r: r["start_time"])
-        trials, scale_up = runs[:2], runs[2]
-        names = {r["labels"]["prefect.worker.name"] for r in trials}
-        host = names and next(iter(names)).rsplit("-", 1)[0]
-        assert names == {f"{host}-0", f"{host}-1"}, f"both GPU workers must get one trial: {names}"
-        when = datetime.fromisoformat
-        assert when(scale_up["start_time"]) >= max(when(r["end_time"]) for r in trials), \
-            "the scale-up continues the trials' winner: it starts once both are done"
-        # the controller picks each experiment's GPU: its queue, polled by that GPU's worker alone
-        assert all(r["work_queue_name"] == "gpu-" + r["labels"]["prefect.worker.name"].rsplit("-", 1)[1]
-                   and r["idempotency_key"] for r in runs), [(r["work_queue_name"], r["labels"]) for r in runs]
-        assert all(r["parent_task_run_id"] for r in runs), "dispatched runs are the controller's subflows"
 
-        client = MlflowClient(tracking_uri)
-        exp = next(e for e in client.search_experiments() if e.name.startswith("intern-deploy-e2e-"))
-        mlruns = client.search_runs([exp.experiment_id], "tags.`intern.kind` = 'experiment'")
-        assert len(mlruns) == 3
-        assert {r.data.tags["prefect.flow_run_id"] for r in mlruns} == {r["id"] for r in runs}
-        assert all(r.data.tags["intern.state"] == "done" and r.info.status == "FINISHED" for r in mlruns), \
-            [(r.info.status, r.data.tags.get("intern.failure")) for r in mlruns]
-        assert all("dev_score" in r.data.metrics for r in mlruns)
-        import mlflow
+def run_loop_from_ui(tmp_path: Path, tracking_uri: str, prefect_db: str | None = None) -> None:
+    """Run button on research-loop -> controller worker -> 2 experiments on 2 GPU workers -> MLflow."""
+    from mlflow.tracking import MlflowClient
 
-        mlflow.set_tracking_uri(tracking_uri)
-        phases = [json.loads(mlflow.artifacts.load_text(f"runs:/{r.info.run_id}/result.json"))["phases"]
-                  for r in mlruns]
-        assert all("train_call" in p for p in phases), phases
-        assert not any("worker_start" in p for p in phases), (
-            "start_workers.sh starts each GPU's training worker with its Prefect worker, in the environment "
-            f"its flow runs have: no experiment starts one itself ({phases})")
-        kinds = {r.data.tags.get("intern.kind") for r in client.search_runs([exp.experiment_id])}
-        assert {"baseline-dev", "baseline-test", "experiment", "report"} <= kinds
-        # SQLite store: artifacts next to the db (mlintern.tracking); server: its --artifacts-destination
-        artifacts = tmp_path / ("mlartifacts" if tracking_uri.startswith("sqlite:") else "artifacts")
-        assert len(list(artifacts.rglob("result.json"))) == 3, "artifacts stayed in tmp"
+    runs = goal_from_ui(tmp_path, e2e_goal(), tracking_uri, "0 1", prefect_db)
+    assert len(runs) == 3, [r["name"] for r in runs]
+    assert all(r["state_type"] == "COMPLETED" for r in runs), [(r["name"], r["state_name"]) for r in runs]
+    runs.sort(key=lambda r: r["start_time"])
+    trials, scale_up = runs[:2], runs[2]
+    names = {r["labels"]["prefect.worker.name"] for r in trials}
+    host = names and next(iter(names)).rsplit("-", 1)[0]
+    assert names == {f"{host}-0", f"{host}-1"}, f"both GPU workers must get one trial: {names}"
+    when = datetime.fromisoformat
+    assert when(scale_up["start_time"]) >= max(when(r["end_time"]) for r in trials), \
+        "the scale-up continues the trials' winner: it starts once both are done"
+    # the controller picks each experiment's GPU: its queue, polled by that GPU's worker alone
+    assert all(r["work_queue_name"] == "gpu-" + r["labels"]["prefect.worker.name"].rsplit("-", 1)[1]
+               and r["idempotency_key"] for r in runs), [(r["work_queue_name"], r["labels"]) for r in runs]
+    assert all(r["parent_task_run_id"] for r in runs), "dispatched runs are the controller's subflows"
+
+    client = MlflowClient(tracking_uri)
+    exp = next(e for e in client.search_experiments() if e.name.startswith("intern-deploy-e2e-"))
+    mlruns = client.search_runs([exp.experiment_id], "tags.`intern.kind` = 'experiment'")
+    assert len(mlruns) == 3
+    assert {r.data.tags["prefect.flow_run_id"] for r in mlruns} == {r["id"] for r in runs}
+    assert all(r.data.tags["intern.state"] == "done" and r.info.status == "FINISHED" for r in mlruns), \
+        [(r.info.status, r.data.tags.get("intern.failure")) for r in mlruns]
+    assert all("dev_score" in r.data.metrics for r in mlruns)
+    import mlflow
+
+    mlflow.set_tracking_uri(tracking_uri)
+    phases = [json.loads(mlflow.artifacts.load_text(f"runs:/{r.info.run_id}/result.json"))["phases"]
+              for r in mlruns]
+    assert all("train_call" in p for p in phases), phases
+    assert not any("worker_start" in p for p in phases), (
+        "start_workers.sh starts each GPU's training worker with its Prefect worker, in the environment "
+        f"its flow runs have: no experiment starts one itself ({phases})")
+    kinds = {r.data.tags.get("intern.kind") for r in client.search_runs([exp.experiment_id])}
+    assert {"baseline-dev", "baseline-test", "experiment", "report"} <= kinds
+    # SQLite store: artifacts next to the db (mlintern.tracking); server: its --artifacts-destination
+    artifacts = tmp_path / ("mlartifacts" if tracking_uri.startswith("sqlite:") else "artifacts")
+    assert len(list(artifacts.rglob("result.json"))) == 3, "artifacts stayed in tmp"
 
 
 @pytest.mark.slow
@@ -526,17 +529,7 @@ def test_a_gpu_prepares_its_next_experiment_while_one_trains(tmp_path, monkeypat
     tracking_uri = f"sqlite:///{tmp_path}/mlflow.db"
     # two trials dispatched at once on the one lane, a third when the first ends, then the scale-up
     goal = tiny_goal(name="deploy-lane", parallel_experiments=1, budget={"max_experiments": 4}).model_dump(mode="json")
-    with prefect_server(tmp_path) as (api, server):
-        env = base_env(tmp_path, PREFECT_API_URL=api, INTERN_TRACKING_URI=tracking_uri)
-        deploy_all(env, gpus=1)
-        with workers(tmp_path, env, gpus="0", controller=True) as log_dir:
-            loop = deployment(api, "research-loop/research-loop")
-            created = run_from_ui(api, loop["id"], {"goal": goal})
-            assert created.status_code == 201, created.text
-            run = wait_flow_run(api, created.json()["id"], timeout=1300, services=[server, *worker_logs(log_dir)])
-            assert run["state_type"] == "COMPLETED", (
-                f"research-loop ended {run['state_name']}\n{flow_run_logs(api, run['id'])[-6000:]}")
-            runs = {r["id"]: r for r in flow_runs(api, deployment_id={"any_": [deployment(api, "experiment/experiment")["id"]]})}
+    runs = {r["id"]: r for r in goal_from_ui(tmp_path, goal, tracking_uri, "0")}
     assert len(runs) == 4 and all(r["state_type"] == "COMPLETED" and r["work_queue_name"] == "gpu-0"
                                   for r in runs.values()), [(r["name"], r["state_name"], r["work_queue_name"]) for r in runs.values()]
     client = MlflowClient(tracking_uri)
