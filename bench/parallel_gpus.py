@@ -27,6 +27,8 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from budget_arms import sample_gpus, start_prefect  # noqa: E402
 
+from mlintern.settings import get_settings  # noqa: E402
+
 ROOT = Path(__file__).resolve().parent.parent
 
 
@@ -182,7 +184,7 @@ def main() -> None:
     for exp in client.search_experiments():
         for run in client.search_runs([exp.experiment_id], "tags.`intern.kind` = 'report'"):
             report = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/report.json"))
-    result = {"device": _device_names(), "queue_depth": int(os.environ.get("INTERN_QUEUE_DEPTH") or 2),
+    result = {"device": _device_names(), "queue_depth": get_settings().queue_depth,
               "gpus": len(gpus), "budget_s": args.budget, "state": flow_run.state.name if flow_run.state else None,
               "wall_s": round(end - start, 1), "gpu": busy_fractions(smi, start, end)}
     if report:

@@ -48,8 +48,11 @@ NIGHTLY = "nightly-sweep/nightly-sweep"
 
 
 def queue_depth() -> int:
-    """Experiments per GPU at once (one training, the rest preparing): INTERN_QUEUE_DEPTH, default 2."""
-    return int(os.environ.get("INTERN_QUEUE_DEPTH") or 2)
+    """Experiments per GPU at once (one training, the rest preparing): the setting the controller reads
+    too (INTERN_QUEUE_DEPTH, mlintern.settings)."""
+    from mlintern.settings import get_settings
+
+    return get_settings().queue_depth
 
 
 def default_gpu_count() -> int:
@@ -105,7 +108,8 @@ async def ensure_gpu_queues(client, ids) -> None:
         except ObjectAlreadyExists:
             queue = await client.read_work_queue_by_name(f"gpu-{i}", work_pool_name=GPU_POOL)
             await client.update_work_queue(queue.id, concurrency_limit=queue_depth())
-    print(f"work queues in {GPU_POOL}: " + ", ".join(f"gpu-{i}" for i in ids) + f" ({queue_depth()} experiments each)")
+    print(f"work queues in {GPU_POOL}: " + ", ".join(f"gpu-{i}" for i in ids) + f" ({queue_depth()} experiments each)",
+          file=sys.stderr)
 
 
 async def _gpu_queues_only(ids: list[str]) -> None:
@@ -184,10 +188,12 @@ def main(argv: list[str] | None = None) -> None:
                          help="pause the nightly-sweep schedule")
     parser.add_argument("--no-deploy", action="store_true", help="only create pools and limits")
     parser.add_argument("--gpu-queues", default=None, metavar='"0 1"',
-                        help="only make sure these GPUs' work queues exist (deployments/start_workers.sh)")
+                        help="only make sure these GPUs' work queues exist, and print the queue depth (their "
+                             "workers' --limit; deployments/start_workers.sh)")
     args = parser.parse_args(argv)
     if args.gpu_queues is not None:
         asyncio.run(_gpu_queues_only(args.gpu_queues.split()))
+        print(queue_depth())
         return
     gpus = args.gpus or default_gpu_count()
     asyncio.run(ensure_pools(gpus, args.controller_slots, docker=args.docker))

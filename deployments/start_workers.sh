@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # Start ml-intern's workers on this host, in the background, logs under $INTERN_LOG_DIR.
 #   one process worker per GPU on intern-gpu: CUDA_VISIBLE_DEVICES=<i>, named gpu-<host>-<i>,
-#   polling its own work queue gpu-<i> (and `default`), --limit $INTERN_QUEUE_DEPTH (default 2):
+#   polling its own work queue gpu-<i> (and `default`), --limit INTERN_QUEUE_DEPTH (default 2):
 #   while one experiment trains, the next one's flow run starts, builds its rows and waits for the
 #   GPU (a host lock, then the global limit gpu-<i>: a GPU never runs two jobs);
 #   with --controller, also one worker on intern-cpu for research-loop / nightly-sweep.
@@ -74,8 +74,8 @@ start() {  # name, then an env(1) command line: VAR=value... command args...
 # and stop_workers.sh stops it with the rest.
 
 if [ "$NO_GPU" = 0 ]; then
-  DEPTH="${INTERN_QUEUE_DEPTH:-2}"
-  python "$ROOT/deployments/pools.py" --gpu-queues "$GPUS" >/dev/null
+  # each GPU's queue exists, and its worker takes the queue depth the controller fills it to
+  DEPTH="$(python "$ROOT/deployments/pools.py" --gpu-queues "$GPUS")"
   for i in $GPUS; do
     start "gpu-$HOST-$i" CUDA_VISIBLE_DEVICES="$i" INTERN_GPU_ID="$i" \
       prefect worker start --pool intern-gpu --type process --limit "$DEPTH" --name "gpu-$HOST-$i" \

@@ -10,7 +10,7 @@ from functools import lru_cache
 from pathlib import Path
 from typing import Literal
 
-from pydantic import SecretStr
+from pydantic import Field, SecretStr
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 # Quiet, offline-safe defaults (no telemetry, no Hub calls when offline); a user may override each.
@@ -46,7 +46,7 @@ class Settings(BaseSettings):
     experiment_deployment: str | None = None
     # Experiments sent to one GPU's work queue at once (its worker's --limit, deployments/start_workers.sh):
     # one trains while the next one's flow run starts and builds its rows, then takes the GPU as it frees.
-    queue_depth: int = 2
+    queue_depth: int = Field(2, ge=1)
     train_timeout_s: float = 6 * 3600
     # "persistent": one long-lived training worker per device imports once and keeps models
     # (mlintern.worker); "fresh": a new process per job (also used under accelerate launch).
