@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import time
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 
 from mlintern.budget import Sizing, Throughput, final_reserve_s, fit_throughput, prior_throughput, sizing
@@ -17,7 +18,9 @@ PLATEAU_STAGES = ("scale_up", "single", "search", "retry")
 @dataclass
 class LoopState:
     goal: Goal
-    baseline: EvalScore
+    # the base model's dev score; None while the controller measures it beside the first experiments
+    # (`pending_baseline`): their plans do not need it, their results do (`await_baseline`)
+    baseline: EvalScore | None
     history: list[ExperimentResult] = field(default_factory=list)
     champion: ExperimentResult | None = None
     since_improvement: int = 0
@@ -33,6 +36,7 @@ class LoopState:
     inflight_dollars: dict[str, float] = field(default_factory=dict)  # planning spend of running plans
     # wall seconds each experiment took outside its job (dispatch, flow-run process, training rows, records)
     overheads: list[float] = field(default_factory=list)
+    pending_baseline: Future | None = None
 
     @property
     def llm_dollars(self) -> float:
@@ -42,7 +46,24 @@ class LoopState:
 
     @property
     def best(self) -> EvalScore:
-        return self.champion.dev if self.champion else self.baseline
+        """The dev score to beat: the champion's, else the base model's (waiting for it while it is measured:
+        where that must not wait, ask `baseline_known()` first)."""
+        return self.champion.dev if self.champion is not None else self.await_baseline()
+
+    def await_baseline(self) -> EvalScore:
+        """The base model's dev score, waiting for its measurement if it is still running (its error, if it
+        failed: nothing can be compared without it)."""
+        if self.baseline is None:
+            if self.pending_baseline is None:
+                raise RuntimeError("no base model dev score: neither given nor being measured")
+            self.baseline = self.pending_baseline.result()
+        return self.baseline
+
+    def baseline_known(self) -> bool:
+        """Whether the base model's dev score is in (taking it from its measurement if that has ended)."""
+        if self.baseline is None and self.pending_baseline is not None and self.pending_baseline.done():
+            self.await_baseline()
+        return self.baseline is not None
 
     @property
     def budget_s(self) -> float:
@@ -146,7 +167,7 @@ class LoopState:
 
     def _reason(self) -> str | None:
         goal = self.goal
-        if goal.target_score is not None and self.best.value >= goal.target_score:
+        if goal.target_score is not None and self.baseline_known() and self.best.value >= goal.target_score:
             return f"target reached: dev {self.best.value:.4f} >= {goal.target_score}"
         if self.experiments_left <= 0:
             return f"experiment budget spent ({goal.budget.max_experiments})"

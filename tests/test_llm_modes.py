@@ -289,6 +289,10 @@ def test_the_prompt_shows_a_valid_answer_of_the_strict_schema():
         "the next seed configuration each round"
     user = LLMPlanner(model="openai/x").messages(ctx_for(goal))[1]["content"]
     assert first in user and user.rstrip().endswith("Propose the next experiment as one ExperimentPlan JSON object.")
+    assert "Base model dev score: 0.1000 ± 0.0500" in user
+    early = LLMPlanner(model="openai/x").messages(ctx_for(goal).model_copy(update={"baseline": None}))[1]["content"]
+    assert "Base model dev score: being measured beside the first experiments (not known yet)" in early, \
+        "the first plans go out while the base model is scored"
 
 
 def test_fields_still_invalid_after_the_repair_are_reset_to_defaults():

@@ -1,5 +1,10 @@
 """Selection and stopping rules of the controller (pure logic)."""
 
+import threading
+from concurrent.futures import Future
+
+import pytest
+
 from mlintern.loop import LoopState
 from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Failure, FailureKind, Goal, Hyperparameters
 from mlintern.selection import beats
@@ -122,3 +127,32 @@ def test_divergence_guard_does_not_fire_on_a_continued_model_near_zero_loss():
     assert "diverged" in feed([0.004, 3.0, 5.0, 8.0])
     assert "diverged" in feed([2.5, 11.0, 12.0, 15.0])
     assert "nan" in feed([2.5, float("nan")])
+
+
+def test_the_first_plans_go_out_while_the_base_score_is_measured_and_results_wait_for_it():
+    """The base model's dev score is measured beside the first experiments: asking whether to stop (even
+    with a target score) and planning never wait for it; comparing a result does, and a failed
+    measurement fails the comparison rather than letting a result beat an unknown score."""
+    from mlintern.schemas import PlanningContext
+
+    measured = Future()
+    goal = Goal(target_score=0.3, budget={"max_experiments": 5})
+    state = LoopState(goal=goal, baseline=None, pending_baseline=measured)
+    assert state.stop_reason() is None and not state.baseline_known()
+    ctx = PlanningContext(goal=goal, metric="score", baseline=state.baseline, experiments_left=5, hours_left=1.0)
+    assert ctx.baseline is None
+
+    recorded = threading.Event()
+    threading.Thread(target=lambda: (state.record(result(0.2)), recorded.set()), daemon=True).start()
+    assert not recorded.wait(0.3), "a result is not compared before the base score is known"
+    measured.set_result(score(0.25, 0.0))
+    assert recorded.wait(5) and state.baseline.value == 0.25
+    assert state.champion is None, "0.2 does not beat the base model's 0.25"
+    assert state.baseline_known() and state.stop_reason() is None
+
+    failed = Future()
+    failed.set_exception(RuntimeError("lm-eval crashed"))
+    state = LoopState(goal=goal, baseline=None, pending_baseline=failed)
+    with pytest.raises(RuntimeError, match="lm-eval crashed"):
+        state.record(result(0.9))
+

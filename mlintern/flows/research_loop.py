@@ -7,6 +7,7 @@ killed at any point and started again for the same goal picks up where it stoppe
 from __future__ import annotations
 
 import contextvars
+import threading
 import time
 from dataclasses import dataclass
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
@@ -56,9 +57,10 @@ def research_loop(goal: Goal) -> LoopReport:
     bench = prepare(goal.benchmark)
     fingerprint = bench.fingerprint()
     base_model = resolve(goal.base_model)
-    baseline = base_score(ledger, "dev", base_model, bench)
-    state = LoopState(goal=goal, baseline=baseline, started=started, literature_dollars=ledger.literature_dollars(),
-                      **budget_facts(goal, base_model, bench))
+    state = LoopState(goal=goal, baseline=ledger.baseline("dev"), started=started,
+                      literature_dollars=ledger.literature_dollars(), **budget_facts(goal, base_model, bench))
+    if state.baseline is None:
+        state.pending_baseline = base_scores_beside(ledger, base_model, bench)
     for result in ledger.history():  # resume: finished plans are never re-run
         state.record(result)
     if state.history:
@@ -81,6 +83,7 @@ def research_loop(goal: Goal) -> LoopReport:
         literature = []
 
     run_loop(goal, planner, state, bench, literature, base_model, ledger)
+    state.await_baseline()  # the loop may have stopped before any result needed it
     reason = state.stop_reason() or "stopped"
     logger.info("stopping: %s", reason)
     enforce_retention(goal, state.history, state.champion)  # also after a resume that stops at once
@@ -89,12 +92,33 @@ def research_loop(goal: Goal) -> LoopReport:
     return final_report(ledger, state, bench, base_model, planner, reason)
 
 
+_base_locks: dict[tuple[str, str], threading.Lock] = {}
+_base_locks_guard = threading.Lock()
+
+
 def base_score(ledger: GoalLedger, split: str, base_model: str, bench: PreparedBenchmark) -> EvalScore:
-    """The base model's score on a split: evaluated once per goal, then read from the ledger."""
-    recorded = ledger.baseline(split)
-    if recorded is not None:
-        return recorded
-    return ledger.record_baseline(split, evaluate(base_model, bench, split, ledger.goal.device))
+    """The base model's score on a split: evaluated once per goal, then read from the ledger (a caller
+    that asks while another thread evaluates it waits for that evaluation instead of starting a second)."""
+    with _base_locks_guard:
+        lock = _base_locks.setdefault((ledger.experiment_id, split), threading.Lock())
+    with lock:
+        recorded = ledger.baseline(split)
+        if recorded is not None:
+            return recorded
+        return ledger.record_baseline(split, evaluate(base_model, bench, split, ledger.goal.device))
+
+
+def base_scores_beside(ledger: GoalLedger, base_model: str, bench: PreparedBenchmark) -> Future:
+    """Score the base model in a thread beside the first experiments, on dev and then, where the benchmark
+    has one, on the confirmation set (the first candidate that beats it on dev is checked there); returns
+    the dev score's future. The first plans do not need it; their results do (LoopState.await_baseline).
+    On one H200 this was 62 s between the loop's trigger and its first dispatch (bench/RESULTS.md part 13)."""
+    pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="base-scores")
+    dev = pool.submit(contextvars.copy_context().run, base_score, ledger, "dev", base_model, bench)
+    if bench.confirm_task:  # its failure here is not fatal: confirm() evaluates it again, and reports that one
+        pool.submit(contextvars.copy_context().run, base_score, ledger, "confirm", base_model, bench)
+    pool.shutdown(wait=False)
+    return dev
 
 
 @dataclass
@@ -136,7 +160,8 @@ def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenc
                     break
                 fidelity = fidelity_for(plan, goal, state.sizing(pending), state.history, state.rungs,
                                         lanes=len(lanes) * depth, wall_s=state.experiment_wall_s(ahead_s),
-                                        confirm_above=state.best if bench.confirm_task else None)
+                                        confirm_above=state.best if bench.confirm_task and state.baseline_known()
+                                        else None)
                 run = _runner(goal, plan, state, base_model, fidelity, dispatch, lanes[lane])
                 if not dispatch:  # embedded: the experiment is a subflow in this thread
                     began = time.time()

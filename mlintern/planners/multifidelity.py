@@ -87,7 +87,7 @@ class MultiFidelityPlanner:
         # as experiments_left is already net of them: adding them again held 2 x H200 lanes to one trial at a
         # time, the other GPU idle (bench/RESULTS.md part 11). One experiment must stay for the scale-up.
         return (sz.used_s < explore_budget_s(goal, ctx.lanes) and ctx.experiments_left > 1
-                and not (goal.target_score is not None and _best(ctx) >= goal.target_score)
+                and not (goal.target_score is not None and (best := _best(ctx)) is not None and best >= goal.target_score)
                 and not no_signal(ctx))
 
     def _explore(self, ctx: PlanningContext, sz: Sizing) -> ExperimentPlan:
@@ -341,8 +341,10 @@ def _default_batch(ctx: PlanningContext) -> int:
     return default_config(ctx)["batch_size"]
 
 
-def _best(ctx: PlanningContext) -> float:
-    return ctx.champion.dev.value if ctx.champion else ctx.baseline.value
+def _best(ctx: PlanningContext) -> float | None:
+    """The dev score to beat; None while the base model's is still being measured."""
+    best = ctx.champion.dev if ctx.champion else ctx.baseline
+    return best.value if best is not None else None
 
 
 def _ranked_configs(history: list[ExperimentResult]) -> list[dict]:

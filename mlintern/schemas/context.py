@@ -32,7 +32,8 @@ class PlanningContext(BaseModel):
 
     goal: Goal
     metric: str
-    baseline: EvalScore
+    baseline: EvalScore | None = Field(
+        description="The base model's dev score; None while it is measured beside the first experiments.")
     history: list[ExperimentResult] = Field(default_factory=list)
     champion: ExperimentResult | None = None
     experiments_left: int
