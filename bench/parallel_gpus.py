@@ -87,6 +87,23 @@ def flow_run_marks(flow_run_id: str, start: float) -> dict:
     return marks
 
 
+def controller_marks(flow_run_id: str, start: float) -> dict:
+    """Where the controller's time went before and around the experiments: its flow run's states, and each
+    of its task runs (the benchmark's preparation, the base model's scores, plans, the final tests) from
+    its start to its end, in seconds from the trigger."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import FlowRunFilter, FlowRunFilterId
+
+    marks = flow_run_marks(flow_run_id, start)
+    with get_client(sync_client=True) as prefect:
+        tasks = prefect.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+    marks["tasks"] = sorted(
+        ({"name": t.name, "t_start": round(t.start_time.timestamp() - start, 1),
+          "t_end": round(t.end_time.timestamp() - start, 1) if t.end_time else None}
+         for t in tasks if t.start_time is not None), key=lambda t: t["t_start"])
+    return marks
+
+
 def _spans(timeline: list[dict], gpu: str, span: str) -> list[tuple[float, float]]:
     a, b = ("t_start", "t_end") if span == "run" else ("t_job_start", "t_job_end")
     return sorted((r[a], r[b]) for r in timeline if r.get("gpu") == gpu and r.get(a) is not None and r.get(b) is not None)
@@ -186,7 +203,8 @@ def main() -> None:
             report = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/report.json"))
     result = {"device": _device_names(), "queue_depth": get_settings().queue_depth,
               "gpus": len(gpus), "budget_s": args.budget, "state": flow_run.state.name if flow_run.state else None,
-              "wall_s": round(end - start, 1), "gpu": busy_fractions(smi, start, end)}
+              "wall_s": round(end - start, 1), "gpu": busy_fractions(smi, start, end),
+              "controller": controller_marks(str(flow_run.id), start)}
     if report:
         exps = report["experiments"]
         result.update({
