@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import argparse
 import gc
+import importlib.util
 import logging
 import os
 import sys
@@ -202,6 +203,8 @@ def warm_up() -> None:
 
     if torch.cuda.is_available():
         torch.zeros(1, device="cuda")  # create the CUDA context now, not in the first job
+        if importlib.util.find_spec("liger_kernel") is not None:  # a long GPU run's trainer patches the model with it
+            import liger_kernel.transformers  # noqa: F401
 
 
 def serve(folder: Path, owner: int | None, idle_s: float) -> None:
