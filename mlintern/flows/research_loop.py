@@ -1,4 +1,5 @@
-"""The controller: baseline -> loop { plan -> run -> evaluate on dev -> decide } -> final test -> report.
+"""The controller: baseline (scored beside the first experiments) -> loop { plan -> run -> evaluate on
+dev -> decide } -> final test -> report.
 
 Reads like the research loop it runs. All durable state lives in MLflow, so a controller
 killed at any point and started again for the same goal picks up where it stopped.
@@ -261,6 +262,7 @@ def finish(result: ExperimentResult, state: LoopState, bench: PreparedBenchmark,
            ledger: GoalLedger, planner: Planner) -> None:
     """Confirm a promising candidate, record the result, promote it if it won (the caller publishes the
     progress, once the freed GPU has its next experiment)."""
+    state.await_baseline()  # a result is compared with it, and reported beside it (a failed one too)
     if state.needs_confirmation(result) and bench.confirm_task:
         confirm(result, state, bench, base_model, ledger)
     if state.record(result):
