@@ -471,6 +471,8 @@ def test_a_scale_up_is_sized_to_the_wall_clock_and_takes_as_many_gpus_as_spendin
         MultiFidelityPlanner().propose(two_lanes([trial], wall=1000.0))
     early = MultiFidelityPlanner().propose(two_lanes([trial], wall=60.0))
     assert early.stage == "scale_up" and early.init_from == "champion" and cost(early) <= 60
+    with pytest.raises(PlannerWaiting, match="1 exploration trial"):  # a queue slot behind a running job
+        MultiFidelityPlanner().propose(two_lanes([trial], wall=60.0).model_copy(update={"gpu_free_in_s": 40.0}))
     with pytest.raises(PlannerWaiting, match="1 exploration trial"):  # no trial has beaten the base model yet
         MultiFidelityPlanner().propose(ctx(goal, history, pending=[trial]).model_copy(
             update={"lanes": 2, "wall_left_s": 60.0}))

@@ -230,7 +230,7 @@ def next_plan(planner: Planner, state: LoopState, bench: PreparedBenchmark, lite
         eval_files=[str(f) for f in bench.eval_files()],
         failure=failure[0] if failure else None, failure_plan=failure[1] if failure else None,
         sizing=state.sizing(pending), on_gpu=state.on_gpu, rungs=state.rungs, lanes=lanes,
-        wall_left_s=state.experiment_wall_s(ahead_s),
+        wall_left_s=state.experiment_wall_s(ahead_s), gpu_free_in_s=max(0.0, ahead_s),
         llm_dollars=state.llm_dollars,
     )
     try:

@@ -67,12 +67,15 @@ class MultiFidelityPlanner:
         if self.exploring(ctx, sz):
             return self._explore(ctx, sz)
         trials = sum(p.stage == "explore" for p in ctx.pending)
-        if trials and not (ctx.champion is not None and scale_up_lanes(ctx, sz) > 1):
+        if trials and not (ctx.champion is not None and scale_up_lanes(ctx, sz) > 1 and ctx.gpu_free_in_s == 0):
             # a scale-up continues the exploration's winner, so it waits for the trials still running
             # (on 2 lanes one started from the base model beside the only trial and overspent: part 10d).
             # Not when the wall clock needs several scale-up lanes: then a GPU left waiting is budget lost
             # for good (2 x H200: 62 and 84 s idle at the exploration's end, part 11c), so the free GPU
-            # continues the winner so far, and the lanes freed later continue the final one.
+            # continues the winner so far, and the lanes freed later continue the final one. A queue slot
+            # behind a running job is not a free GPU: a scale-up planned there was fixed a minute before it
+            # could start, on the one result then in (2 x H200: 111 GPU-s continuing a dev-0.08 trial
+            # while a dev-0.54 one was finishing, bench/RESULTS.md part 14).
             raise PlannerWaiting(f"waiting for {trials} exploration trial(s) to finish before scaling up their winner")
         running = sum(p.stage == "scale_up" for p in ctx.pending)
         if running and running >= scale_up_lanes(ctx, sz):

@@ -47,6 +47,8 @@ class PlanningContext(BaseModel):
     on_gpu: bool = False
     rungs: list[float] = Field(default_factory=list, description="Training-clock seconds of exploration dev checks.")
     lanes: int = Field(1, ge=1, description="Experiments the loop runs at once (GPUs it dispatches to).")
+    gpu_free_in_s: float = Field(0.0, ge=0, description=(
+        "Seconds until the GPU this plan goes to frees: the jobs queued there before it (0: free now)."))
     wall_left_s: float | None = Field(
         None, description="Wall-clock seconds an experiment started now may take: what is left of "
         "budget.wall_time_minutes, less the final test. None: no wall-clock cap (a planner called on its own).")
