@@ -66,6 +66,8 @@ def job_for(intern_env, smol_model):
 def test_worker_runs_jobs_in_one_process_and_keeps_the_model(job_for, intern_env, smol_model):
     import fcntl
 
+    # a worker an earlier test of this process left running (it idles 600 s) would be reused here
+    client.stop()
     # warmed ahead of the first job (as start_workers.sh and the experiment flow do): started once, the
     # base model loaded; a warm-up never queues behind a running job
     warmed = client.warm(smol_model, device="cpu")
