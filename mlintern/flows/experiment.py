@@ -61,10 +61,12 @@ def experiment(
     try:
         if use_worker():  # the worker starts and loads the model while the data is built
             warm_in_background(init_model, plan.hyperparameters.packing, goal.device)
-        data_start = time.time()
+        began = time.time()
         bench = prepare(goal.benchmark)
+        data_start = time.time()
         built = build_data(plan, bench, settings.work_dir.resolve(), run_id, mapper)
         data_s = time.time() - data_start
+        benchmark_s = data_start - began
         result.decontaminated = built.removed_contaminated
         job = TrainJob(plan=plan, model_path=init_model, data_path=built.path, output_dir=str(out_dir),
                        device=goal.device, seed=goal.seed, benchmark_kind=goal.benchmark.kind,
@@ -73,7 +75,7 @@ def experiment(
                        confirmation=eval_spec(bench, "confirm", goal.device) if bench.confirm_task else None)
         outcome = train(job, run_id, ledger.tracking_uri, timeout_s or settings.train_timeout_s)
         result = record_outcome(result, outcome)
-        result.phases["data"] = round(data_s, 3)
+        result.phases.update(benchmark=round(benchmark_s, 3), data=round(data_s, 3))
     except Exception as exc:  # bad data, a dead evaluation: recorded, never fatal to the loop
         logger.error("experiment %s failed: %s", plan_id, exc)
         result.failure = classify(exc, traceback.format_exc())

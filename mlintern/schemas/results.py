@@ -88,7 +88,8 @@ class ExperimentResult(_Model):
     phases: dict[str, float] = Field(
         default_factory=dict,
         description="Seconds per phase inside the job (load, build, train_call, final_eval, save): where its fixed "
-        "cost went; and outside it: data (sourcing and building the training rows), gpu_wait (waiting for the "
+        "cost went; and outside it: benchmark (preparing the benchmark's files in the flow run), data (sourcing, "
+        "building and logging the training rows), gpu_wait (waiting for the "
         "GPU's job before it to end), worker_start (starting the training worker, when the job found none running).")
     job_seconds: float = Field(
         0.0, validation_alias=AliasChoices("job_seconds", "train_wall_seconds"),
