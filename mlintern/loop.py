@@ -15,6 +15,17 @@ from mlintern.selection import beats, noise_margin
 PLATEAU_STAGES = ("scale_up", "single", "search", "retry")
 
 
+@dataclass(frozen=True)
+class Outside:
+    """What an experiment took outside its job (dispatch, flow-run process, training rows, records): its
+    wall seconds, the training rows it asked for, and the seconds building them took a row (its `data`
+    phase over its rows: the fixed part of that phase is counted in, so the rate errs high)."""
+
+    seconds: float
+    rows: int
+    data_s_per_row: float
+
+
 @dataclass
 class LoopState:
     goal: Goal
@@ -34,8 +45,8 @@ class LoopState:
     compute_since_improvement_s: float = 0.0
     literature_dollars: float = 0.0  # paper digests (recorded with the literature run)
     inflight_dollars: dict[str, float] = field(default_factory=dict)  # planning spend of running plans
-    # wall seconds each experiment took outside its job (dispatch, flow-run process, training rows, records)
-    overheads: list[float] = field(default_factory=list)
+    # what each experiment took outside its job (dispatch, flow-run process, training rows, records)
+    overheads: list[Outside] = field(default_factory=list)
     pending_baseline: Future | None = None
 
     @property
@@ -88,24 +99,38 @@ class LoopState:
     def wall_left_s(self) -> float:
         return self.goal.budget.wall_time_minutes * 60 - (time.time() - self.started)
 
-    def experiment_wall_s(self, ahead_s: float = 0.0) -> float:
+    def experiment_wall_s(self, ahead_s: float = 0.0, rows: int | None = None) -> float:
         """Wall-clock seconds the job of an experiment dispatched now may take: what is left of the wall-time
-        budget, less the final test and what an experiment takes outside its job (`final_reserve_s`), and
-        less `ahead_s`, the seconds its GPU is still promised to the jobs queued before it."""
-        return self.wall_left_s() - ahead_s - final_reserve_s(self.goal, self.throughput(), self.overhead_s())
+        budget, less the final test and what an experiment takes outside its job (`final_reserve_s`; for one
+        that builds `rows` training rows where given, `overhead_s(rows)`), and less `ahead_s`, the seconds
+        its GPU is still promised to the jobs queued before it."""
+        return self.wall_left_s() - ahead_s - final_reserve_s(self.goal, self.throughput(), self.overhead_s(rows))
 
     def note_overhead(self, wall_s: float, result: ExperimentResult) -> None:
         """Record how long an experiment took, from dispatch to its result, beyond its job and the wait for
         its GPU's job before it (only where a job ran: a crash before or during one says nothing about the
         time around a job)."""
         if result.job_seconds > 0 and result.failure is None:
-            self.overheads.append(max(0.0, wall_s - result.job_seconds - result.phases.get("gpu_wait", 0.0)))
+            rows = result.plan.dataset.num_examples
+            data_s = result.phases.get("data", 0.0)
+            self.overheads.append(Outside(max(0.0, wall_s - result.job_seconds - result.phases.get("gpu_wait", 0.0)),
+                                          rows, data_s / rows if rows else 0.0))
 
-    def overhead_s(self) -> float | None:
+    def overhead_s(self, rows: int | None = None) -> float | None:
         """The most any of the last experiments took outside its job (None before the first): through a
         deployment 20-35 s on 2 x H200 (dispatch, a flow-run process, the training rows), which made a
-        1-GPU loop end 32 s past its wall-clock cap when only the job was sized to it (part 12)."""
-        return max(self.overheads[-5:]) if self.overheads else None
+        1-GPU loop end 32 s past its wall-clock cap when only the job was sized to it (part 12).
+
+        For an experiment of `rows` training rows, each of the last ones is scaled up to that many rows at
+        the lowest rate a row took to build among them: a scale-up of 7x their steps built its rows in 21.5 s
+        against trials' 5 s, and a loop that kept back the trials' time ended 14 s past its cap (part 14d)."""
+        recent = self.overheads[-5:]
+        if not recent:
+            return None
+        if rows is None:
+            return max(o.seconds for o in recent)
+        rate = min(o.data_s_per_row for o in recent)
+        return max(o.seconds + rate * max(0, rows - o.rows) for o in recent)
 
     def throughput(self) -> Throughput:
         return fit_throughput(self.prior, self.history)

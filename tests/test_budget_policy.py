@@ -511,18 +511,43 @@ def test_the_wall_clock_an_experiment_may_take_leaves_time_for_the_final_test():
     assert state.experiment_wall_s(ahead_s=100.0) == pytest.approx(540 - 14 - 35 - 100, abs=1)
 
 
+def test_an_experiment_that_builds_more_rows_is_expected_to_take_longer_outside_its_job():
+    """1 x H200 (part 14d): trials spent 4-5 s building their rows, a scale-up of 7x their steps 21.5 s; the
+    loop kept back the trials' 15-20 s around a job and ended 14 s past its wall-clock cap."""
+    import time
+
+    from mlintern.loop import LoopState
+
+    goal = Goal(name="g", budget={"gpu_hours": 1.0, "wall_time_minutes": 10}, benchmark={"test_size": 500})
+    state = LoopState(goal=goal, baseline=None, prior=GPU, on_gpu=True, started=time.time() - 60)
+    trial = simulated(MultiFidelityPlanner().propose(ctx(goal)), 0.3)
+    rows = lambda r, n: r.model_copy(update={"plan": r.plan.model_copy(update={  # noqa: E731
+        "dataset": r.plan.dataset.model_copy(update={"num_examples": n})})})
+    small = rows(trial, 2000).model_copy(update={"phases": {**trial.phases, "data": 5.0}})  # 2.5 ms a row
+    state.note_overhead(small.job_seconds + 18.0, small)
+    state.note_overhead(small.job_seconds + 15.0, rows(small, 1000).model_copy(
+        update={"phases": {**trial.phases, "data": 4.0}}))  # 4 ms a row: the fixed part weighs more
+    # a plan of as many rows (or fewer) is expected to take what the experiments before it took
+    assert state.overhead_s() == state.overhead_s(2000) == state.overhead_s(500) == pytest.approx(18.0)
+    # one of 7,600 rows: each of them scaled up to its rows at the lowest rate a row took (2.5 ms)
+    assert state.overhead_s(7600) == pytest.approx(max(18.0 + 5600 * 0.0025, 15.0 + 6600 * 0.0025))
+    assert state.experiment_wall_s(rows=7600) == pytest.approx(state.experiment_wall_s() - 14.0, abs=0.5)
+    # a loop's first experiments, with nothing measured: nothing to scale
+    assert LoopState(goal=goal, baseline=None, prior=GPU).overhead_s(7600) is None
+
+
 def test_the_next_experiment_goes_to_the_gpu_lane_that_frees_first():
     from mlintern.flows.research_loop import Flight, _free_lane
 
     goal = Goal(name="g")
     plan = MultiFidelityPlanner().propose(ctx(goal))
-    assert _free_lane([], 2, overhead_s=10.0, now=1000.0) == (0, 0.0)
+    assert _free_lane([], 2, lambda plan: 10.0, now=1000.0) == (0, 0.0)
     # lane 0 trains one experiment: an empty lane comes first, with nothing ahead of it
     one = [Flight(plan, lane=0, dispatched=990.0, job_limit_s=60.0)]
-    assert _free_lane(one, 2, overhead_s=10.0, now=1000.0) == (1, 0.0)
+    assert _free_lane(one, 2, lambda plan: 10.0, now=1000.0) == (1, 0.0)
     # both lanes busy: the one whose job ends first; its job ends at dispatch + preparation + job limit
     two = one + [Flight(plan, lane=1, dispatched=995.0, job_limit_s=30.0)]
-    assert _free_lane(two, 2, overhead_s=10.0, now=1000.0) == (1, pytest.approx(35.0))
+    assert _free_lane(two, 2, lambda plan: 10.0, now=1000.0) == (1, pytest.approx(35.0))
     # one lane of depth 2: the second queued job starts when the first ends, however early it was sent
     queued = one + [Flight(plan, lane=0, dispatched=991.0, job_limit_s=20.0)]
-    assert _free_lane(queued, 1, overhead_s=10.0, now=1000.0) == (0, pytest.approx(80.0))
+    assert _free_lane(queued, 1, lambda plan: 10.0, now=1000.0) == (0, pytest.approx(80.0))

@@ -10,8 +10,9 @@ from __future__ import annotations
 import contextvars
 import threading
 import time
-from dataclasses import dataclass
+from collections.abc import Callable
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from dataclasses import dataclass
 
 from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_markdown_artifact
@@ -154,13 +155,14 @@ def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenc
     with ThreadPoolExecutor(max_workers=len(lanes) * depth) as pool:
         while True:
             while state.stop_reason() is None and _room(state, in_flight, len(lanes) * depth):
-                lane, ahead_s = _free_lane(list(in_flight.values()), len(lanes), state.overhead_s() or 0.0)
+                lane, ahead_s = _free_lane(list(in_flight.values()), len(lanes), lambda p: _outside_s(state, p))
                 pending = [f.plan for f in in_flight.values()]
                 plan = next_plan(planner, state, bench, literature, pending, width, ahead_s)
                 if plan is None:
                     break
                 fidelity = fidelity_for(plan, goal, state.sizing(pending), state.history, state.rungs,
-                                        lanes=len(lanes) * depth, wall_s=state.experiment_wall_s(ahead_s),
+                                        lanes=len(lanes) * depth,
+                                        wall_s=state.experiment_wall_s(ahead_s, plan.dataset.num_examples),
                                         confirm_above=state.best if bench.confirm_task and state.baseline_known()
                                         else None)
                 run = _runner(goal, plan, state, base_model, fidelity, dispatch, lanes[lane])
@@ -190,19 +192,25 @@ def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenc
             state.planner_done = None
 
 
-def _free_lane(flights: list[Flight], lanes: int, overhead_s: float, now: float | None = None) -> tuple[int, float]:
+def _free_lane(flights: list[Flight], lanes: int, outside_s: Callable[[ExperimentPlan], float],
+               now: float | None = None) -> tuple[int, float]:
     """The lane for the next experiment: the one with the fewest experiments in flight, then the one that
     frees first; and the seconds until it frees, as far as the jobs already sent there may take (each
-    starts once the one before it ends, and once its own preparation, `overhead_s`, is done)."""
+    starts once the one before it ends, and once its own preparation, `outside_s(plan)`, is done)."""
     now = time.time() if now is None else now
     free_at = []
     for lane in range(lanes):
         end = now
         for f in sorted((f for f in flights if f.lane == lane), key=lambda f: f.dispatched):
-            end = max(end, f.dispatched + overhead_s) + f.job_limit_s
+            end = max(end, f.dispatched + outside_s(f.plan)) + f.job_limit_s
         free_at.append((sum(f.lane == lane for f in flights), end, lane))
     count, end, lane = min(free_at)
     return lane, (end - now if count else 0.0)
+
+
+def _outside_s(state: LoopState, plan: ExperimentPlan) -> float:
+    """The seconds `plan` is expected to take outside its job, for the rows it builds (0 before any is measured)."""
+    return state.overhead_s(plan.dataset.num_examples) or 0.0
 
 
 def _timed(call, *args) -> tuple[ExperimentResult, float]:
