@@ -29,6 +29,7 @@ from mlintern.schemas.sizing import (  # noqa: F401  (re-exported: mlintern.budg
     GPU_STEP_OVERHEAD_S,
     METHOD_COST,
     PACE_AT_STEP,
+    MEASURED_PACE_HEADROOM,
     PACE_HEADROOM,
     WARMUP_STEPS,
     Sizing,
@@ -159,11 +160,16 @@ def rung_seconds(goal: Goal, sz: Sizing, batch: int, lanes: int = 1) -> list[flo
     return [round(full / eta ** (rungs - 1 - k), 3) for k in range(rungs)]
 
 
-def paced_steps(stage: str, steps: int) -> int:
+def paced_steps(stage: str, steps: int, throughput: Throughput | None = None, packing: bool = False) -> int:
     """The most steps a plan may train: a budget-sized run (any stage but exploration) long enough to
     time itself is paced (mlintern.training.pruning), and may re-time itself to PACE_HEADROOM times its
-    planned steps; its fresh rows must cover that. Other plans train exactly their steps."""
-    return int(steps * PACE_HEADROOM) if stage != "explore" and steps >= 2 * PACE_AT_STEP else steps
+    planned steps, MEASURED_PACE_HEADROOM where `throughput` was fitted on measured runs and the plan's
+    rows are not packed (no trial times packed rows); its fresh rows must cover that. Other plans train
+    exactly their steps."""
+    if stage == "explore" or steps < 2 * PACE_AT_STEP:
+        return steps
+    measured = throughput is not None and throughput.measured > 0 and not packing
+    return int(steps * (MEASURED_PACE_HEADROOM if measured else PACE_HEADROOM))
 
 
 def fresh_rows(steps: int, examples_per_step: int) -> int:

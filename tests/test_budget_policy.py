@@ -416,6 +416,49 @@ def test_by_default_several_gpus_explore_in_parallel_but_the_scale_up_is_one_cha
             update={"lanes": 4}))
 
 
+def test_a_scale_up_builds_rows_for_the_steps_its_measured_step_time_can_reach():
+    """A paced run may re-time itself past its planned steps, and its fresh rows must cover that. With the
+    prior it may be off 1.8x; with step times measured on trials' unpacked batches none of 13 scale-ups on
+    H200 (parts 12-14) trained more than 1.01x its planned steps; of a 1-GPU loop's scale-up's 43 s of data
+    and trainer build with the GPU idle, about 17 s went on rows past its planned steps (part 14d)."""
+    from mlintern.budget import MEASURED_PACE_HEADROOM, PACE_HEADROOM
+
+    goal = gpu_goal(300, search_space={"batch_sizes": [8, 16]})  # a goal's own batches: no packed fast path
+    champion = simulated(MultiFidelityPlanner().propose(ctx(goal)), 0.5)
+    history = [champion]
+    while sum(r.accelerator_hours for r in history) * 3600 < 105:
+        history.append(simulated(MultiFidelityPlanner().propose(ctx(goal, history, champion=champion)), 0.1,
+                                 status="pruned", stop_at_s=5))
+    measured = ctx(goal, history, champion=champion)
+    assert measured.sizing.throughput.measured > 0
+    up = MultiFidelityPlanner().propose(measured)
+    hp = up.hyperparameters
+    assert up.stage == "scale_up" and not hp.packing and hp.max_steps >= 60
+    bound = fidelity_for(up, goal, measured.sizing, history, measured.rungs).max_steps_bound
+    assert bound == int(hp.max_steps * MEASURED_PACE_HEADROOM)
+    assert up.dataset.num_examples == bound * hp.per_device_batch_size, "rows for the steps it may reach, no more"
+
+    # the same plan on the prior (nothing measured yet: a single run sized to the budget) keeps the wide margin
+    prior = ctx(goal).sizing
+    assert prior.throughput.measured == 0
+    assert fidelity_for(up, goal, prior, [], []).max_steps_bound == int(hp.max_steps * PACE_HEADROOM)
+    single = SingleRunPlanner().propose(ctx(goal))
+    assert single.dataset.num_examples == int(single.hyperparameters.max_steps * PACE_HEADROOM) * \
+        single.hyperparameters.per_device_batch_size
+
+    # packed rows, which no trial timed (the fast path of a long GPU run), keep it too
+    from mlintern.planners.multifidelity import FAST_PATH_MIN_S, fast_path
+
+    packed_ctx = ctx(gpu_goal(3600), history, champion=champion)
+    long = up.model_copy(update={"hyperparameters": hp.model_copy(update={"max_steps": 20_000})})
+    packed = fast_path(long, packed_ctx, packed_ctx.sizing, 2 * FAST_PATH_MIN_S)
+    phs = packed.hyperparameters
+    assert phs.packing and packed_ctx.sizing.throughput.measured > 0
+    bound = fidelity_for(packed, packed_ctx.goal, packed_ctx.sizing, history, []).max_steps_bound
+    assert bound == int(phs.max_steps * PACE_HEADROOM)
+    assert packed.dataset.num_examples == int(bound * packed_ctx.sizing.throughput.examples_per_step(phs))
+
+
 def test_a_scale_up_is_sized_to_the_wall_clock_and_takes_as_many_gpus_as_spending_the_budget_in_time_needs():
     """A goal's gpu_hours may be more than one GPU can spend before its wall_time_minutes (the defaults
     are 1 GPU-hour in 60 minutes, and the loop's own time comes out of those). A scale-up sized to all

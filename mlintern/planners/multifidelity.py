@@ -170,7 +170,7 @@ class MultiFidelityPlanner:
         if steps < sz.min_steps:
             raise PlannerDone(_spent(ctx, sz))
         segment = 1 + sum(r.plan.stage == "scale_up" for r in ctx.history) + sum(p.stage == "scale_up" for p in ctx.pending)
-        rows = max(8, int(paced_steps("scale_up", steps) * eps))
+        rows = max(8, int(paced_steps("scale_up", steps, sz.throughput, hp.packing) * eps))
         if ctx.goal.search_space.num_examples is not None:
             rows = min(max(rows, ctx.goal.search_space.num_examples[0]), ctx.goal.search_space.num_examples[1])
         sized = plan.model_copy(update={
@@ -207,7 +207,7 @@ def fast_path(plan: ExperimentPlan, ctx: PlanningContext, sz: Sizing, job_s: flo
     packed = hp.model_copy(update={"packing": True, "per_device_batch_size": rows_per_step})
     eps = sz.throughput.examples_per_step(packed)
     packed.max_steps = sz.steps_for_job(job_s, eps, plan.method)
-    dataset = plan.dataset.model_copy(update={"num_examples": max(8, int(paced_steps(plan.stage, packed.max_steps) * eps))})
+    dataset = plan.dataset.model_copy(update={"num_examples": max(8, int(paced_steps(plan.stage, packed.max_steps, sz.throughput, packing=True) * eps))})
     return plan.model_copy(update={"hyperparameters": packed, "dataset": dataset, "rationale": plan.rationale + (
         f" Long run: packed rows ({rows_per_step} x {hp.max_length} tokens, about {hp.per_device_batch_size} "
         "examples a step), flex attention and Liger.")})
@@ -303,7 +303,7 @@ def pacing(plan: ExperimentPlan, sz: Sizing, cap: float) -> dict:
     """A run long enough to measure itself is paced to the training time it was sized for (at most the
     cap), up to the steps its rows were built for (`paced_steps`) if the throughput estimate was slow."""
     hp = plan.hyperparameters
-    bound = paced_steps(plan.stage, hp.max_steps)
+    bound = paced_steps(plan.stage, hp.max_steps, sz.throughput, hp.packing)
     if bound == hp.max_steps:
         return {}
     target = min(cap, sz.throughput.train_seconds(hp.max_steps, sz.throughput.examples_per_step(hp), plan.method))

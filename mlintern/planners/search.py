@@ -89,7 +89,8 @@ def make_plan(params: dict, steps: int, ctx: PlanningContext, *, stage: str, ini
     if method == Method.grpo:
         hp.grpo.num_generations = 4 if batch % 4 == 0 else 2
     space = ctx.goal.search_space
-    rows = fresh_rows(paced_steps(stage, hp.max_steps), batch * hp.gradient_accumulation_steps)
+    rows = fresh_rows(paced_steps(stage, hp.max_steps, ctx.size().throughput, hp.packing),
+                      batch * hp.gradient_accumulation_steps)
     if space.num_examples is not None:
         rows = min(max(rows, space.num_examples[0]), space.num_examples[1])
     return ExperimentPlan(

@@ -25,6 +25,11 @@ CPU_STEP_OVERHEAD_S = 0.5
 WARMUP_STEPS = 5
 PACE_AT_STEP = 30  # a paced run re-times itself after this many steps (25 steady ones after the warmup)
 PACE_HEADROOM = 2.0  # ... up to this many times its planned steps (measured: 0.25 s/step predicted, 0.14 real)
+# ... or this many, where the step time comes from measured runs of unpacked batches like its own: none
+# of 13 scale-ups on H200 (bench/results of parts 12-14) trained more than 1.01x its planned steps, and
+# of a 1-GPU loop's scale-up's 43 s of data and trainer build with its GPU idle, about 17 s went on rows
+# past its planned steps (part 14d)
+MEASURED_PACE_HEADROOM = 1.25
 METHOD_COST = {Method.sft: 1.0, Method.dpo: 2.5, Method.grpo: 12.0}  # per example, relative to SFT
 
 
