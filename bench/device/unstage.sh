@@ -30,6 +30,10 @@ for sdist in $S/wheels/*.tar.gz; do
   python3 -m pip install -q --no-index --no-deps --no-build-isolation --no-cache-dir "$sdist" 2>&1 | tail -2 \
     || echo "could not build $(basename "$sdist") here (no compiler?): skipped"
 done
+# pip's --no-compile above left the byte-code to the first process that imports each module (a cold
+# trainer build paid 5 s of it, RESULTS part 14d); a user's pip install compiles, so compile it all here
+python3 -m compileall -q -j 0 "$(python3 -c 'import sysconfig; print(sysconfig.get_paths()["purelib"])')" $S/site \
+  >/dev/null 2>&1 || echo "compileall: some files did not compile (they compile on first import)"
 . bench/device/env.sh
 python3 - <<'PY'
 import importlib, torch, transformers, trl, datasets, prefect, mlflow, lm_eval, optuna, reasoning_gym
