@@ -95,6 +95,16 @@ def simulated(plan: ExperimentPlan, value: float, status="succeeded", stop_at_s:
         curve=[CurvePoint(step=steps, examples=steps, train_seconds=loop, value=value, rung=0)], model_path="/tmp/m")
 
 
+def explored(goal: Goal, spend_s: float = 105) -> tuple[ExperimentResult, list[ExperimentResult]]:
+    """A finished exploration: its first trial the champion, then trials pruned at 5 s until `spend_s` is spent."""
+    champion = simulated(MultiFidelityPlanner().propose(ctx(goal)), 0.5)
+    history = [champion]
+    while sum(r.accelerator_hours for r in history) * 3600 < spend_s:
+        history.append(simulated(MultiFidelityPlanner().propose(ctx(goal, history, champion=champion)), 0.1,
+                                 status="pruned", stop_at_s=5))
+    return champion, history
+
+
 def test_the_loop_explores_from_the_defaults_then_scales_up_the_champion_with_what_is_left():
     goal = gpu_goal(300)
     planner = MultiFidelityPlanner()
@@ -424,11 +434,7 @@ def test_a_scale_up_builds_rows_for_the_steps_its_measured_step_time_can_reach()
     from mlintern.budget import MEASURED_PACE_HEADROOM, PACE_HEADROOM
 
     goal = gpu_goal(300, search_space={"batch_sizes": [8, 16]})  # a goal's own batches: no packed fast path
-    champion = simulated(MultiFidelityPlanner().propose(ctx(goal)), 0.5)
-    history = [champion]
-    while sum(r.accelerator_hours for r in history) * 3600 < 105:
-        history.append(simulated(MultiFidelityPlanner().propose(ctx(goal, history, champion=champion)), 0.1,
-                                 status="pruned", stop_at_s=5))
+    champion, history = explored(goal)
     measured = ctx(goal, history, champion=champion)
     assert measured.sizing.throughput.measured > 0
     up = MultiFidelityPlanner().propose(measured)
@@ -468,11 +474,7 @@ def test_a_scale_up_is_sized_to_the_wall_clock_and_takes_as_many_gpus_as_spendin
     from mlintern.planners.base import PlannerWaiting
 
     goal = gpu_goal(300)
-    champion = simulated(MultiFidelityPlanner().propose(ctx(goal)), 0.5)
-    history = [champion]
-    while sum(r.accelerator_hours for r in history) * 3600 < 105:
-        history.append(simulated(MultiFidelityPlanner().propose(ctx(goal, history, champion=champion)), 0.1,
-                                 status="pruned", stop_at_s=5))
+    champion, history = explored(goal)
     base = ctx(goal, history, champion=champion)
     cost = base.sizing.plan_job_seconds
     spendable = base.sizing.left_s - 6  # the 2% margin
