@@ -36,6 +36,9 @@ def test_loop_with_search_planner_records_everything(intern_env, prefect_harness
     assert report.planner == "multi-fidelity (optuna-tpe)"
     assert [r.plan.stage for r in report.experiments] == ["explore", "scale_up"], "explore, then scale up"
     assert len(report.experiments) == 2 and "experiment budget" in report.stop_reason
+    # where each experiment's time outside its job went: the benchmark's files apart from its rows
+    assert all(r.phases["benchmark"] >= 0 and r.phases["data"] > 0 for r in report.experiments), \
+        [r.phases for r in report.experiments]
     assert report.baseline_test is not None and report.baseline_test.n == 12
     experiments = runs_of(goal, "experiment")
     assert len(experiments) == 2
