@@ -410,13 +410,7 @@ def test_by_default_several_gpus_explore_in_parallel_but_the_scale_up_is_one_cha
     """4 x H200, 300 GPU-s (bench/RESULTS.md part 8b): split four ways the scale-up reached 0.746 held-out
     against 0.994 for one chain; the budget is GPU-seconds, so a split buys wall clock, not depth."""
     goal = gpu_goal(300)
-    champion = simulated(MultiFidelityPlanner().propose(ctx(goal)), 0.5)
-    history = [champion]
-    for _ in range(20):
-        history.append(simulated(MultiFidelityPlanner().propose(ctx(goal, history, champion=champion)), 0.1,
-                                 status="pruned", stop_at_s=5))
-        if sum(r.accelerator_hours for r in history) * 3600 >= 105:
-            break
+    champion, history = explored(goal)
     chain = MultiFidelityPlanner().propose(ctx(goal, history, champion=champion).model_copy(update={"lanes": 4}))
     left = 300 - sum(r.accelerator_hours for r in history) * 3600
     assert chain.stage == "scale_up"
