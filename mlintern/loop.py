@@ -48,6 +48,9 @@ class LoopState:
     # what each experiment took outside its job (dispatch, flow-run process, training rows, records)
     overheads: list[Outside] = field(default_factory=list)
     pending_baseline: Future | None = None
+    # the base model's held-out test score, measured beside the loop and kept here, out of the ledger and
+    # of every plan's sight, until the final report (its evaluation then no longer follows the last job)
+    pending_base_test: Future | None = None
 
     @property
     def llm_dollars(self) -> float:
@@ -104,7 +107,15 @@ class LoopState:
         budget, less the final test and what an experiment takes outside its job (`final_reserve_s`; for one
         that builds `rows` training rows where given, `overhead_s(rows)`), and less `ahead_s`, the seconds
         its GPU is still promised to the jobs queued before it."""
-        return self.wall_left_s() - ahead_s - final_reserve_s(self.goal, self.throughput(), self.overhead_s(rows))
+        return self.wall_left_s() - ahead_s - final_reserve_s(self.goal, self.throughput(), self.overhead_s(rows),
+                                                              tests=self.final_tests())
+
+    def final_tests(self) -> int:
+        """Held-out test evaluations still to come after the last experiment: the champion's, and the base
+        model's unless its measurement beside the loop has ended well."""
+        base_in = (self.pending_base_test is not None and self.pending_base_test.done()
+                   and self.pending_base_test.exception() is None)
+        return 1 if base_in else 2
 
     def note_overhead(self, wall_s: float, result: ExperimentResult) -> None:
         """Record how long an experiment took, from dispatch to its result, beyond its job and the wait for

@@ -1,5 +1,7 @@
 """Budget sizing and the research policy (pure logic: no training)."""
 
+from concurrent.futures import Future
+
 import pytest
 
 from mlintern.budget import Throughput, fit_throughput, prior_throughput, rung_seconds, sizing
@@ -531,6 +533,15 @@ def test_the_wall_clock_an_experiment_may_take_leaves_time_for_the_final_test():
     state = LoopState(goal=goal, baseline=base, prior=GPU, on_gpu=True, started=time.time() - 60)
     # 540 s left, less the base model's and the champion's test (2 x (2 s + 500 x 0.01 s)), less a dispatch
     assert state.experiment_wall_s() == pytest.approx(540 - 14 - 2, abs=1)
+    # the base model's test, measured beside the loop: kept back until it is in, then only the champion's
+    state.pending_base_test = measuring = Future()
+    assert state.experiment_wall_s() == pytest.approx(540 - 14 - 2, abs=1)
+    measuring.set_result(base)
+    assert state.experiment_wall_s() == pytest.approx(540 - 7 - 2, abs=1)
+    state.pending_base_test = failed_measure = Future()
+    failed_measure.set_exception(RuntimeError("worker died"))  # the final report evaluates it again
+    assert state.experiment_wall_s() == pytest.approx(540 - 14 - 2, abs=1)
+    state.pending_base_test = None
     # once experiments have run, what they took outside their jobs is kept back instead (through a
     # deployment: dispatch, a flow-run process, the training rows; a 1-GPU loop on 2 x H200 ended 32 s
     # past its cap when only the job was sized to the wall clock, part 12)

@@ -62,7 +62,7 @@ def research_loop(goal: Goal) -> LoopReport:
     state = LoopState(goal=goal, baseline=ledger.baseline("dev"), started=started,
                       literature_dollars=ledger.literature_dollars(), **budget_facts(goal, base_model, bench))
     if state.baseline is None:
-        state.pending_baseline = base_scores_beside(ledger, base_model, bench)
+        state.pending_baseline, state.pending_base_test = base_scores_beside(ledger, base_model, bench)
     for result in ledger.history():  # resume: finished plans are never re-run
         state.record(result)
     if state.history:
@@ -98,29 +98,41 @@ _base_locks: dict[tuple[str, str], threading.Lock] = {}
 _base_locks_guard = threading.Lock()
 
 
-def base_score(ledger: GoalLedger, split: str, base_model: str, bench: PreparedBenchmark) -> EvalScore:
+def base_score(ledger: GoalLedger, split: str, base_model: str, bench: PreparedBenchmark,
+               measured: Future | None = None) -> EvalScore:
     """The base model's score on a split: evaluated once per goal, then read from the ledger (a caller
-    that asks while another thread evaluates it waits for that evaluation instead of starting a second)."""
+    that asks while another thread evaluates it waits for that evaluation instead of starting a second).
+    `measured`: its evaluation already under way beside the loop, recorded here (evaluated again if it failed)."""
     with _base_locks_guard:
         lock = _base_locks.setdefault((ledger.experiment_id, split), threading.Lock())
     with lock:
         recorded = ledger.baseline(split)
         if recorded is not None:
             return recorded
-        return ledger.record_baseline(split, evaluate(base_model, bench, split, ledger.goal.device))
+        score = None
+        if measured is not None:
+            try:
+                score = measured.result()
+            except Exception as exc:  # noqa: BLE001 - reported, then measured again here
+                get_run_logger().warning("the base model's %s score measured beside the loop failed (%s): "
+                                         "evaluating it again", split, exc)
+        return ledger.record_baseline(split, score or evaluate(base_model, bench, split, ledger.goal.device))
 
 
-def base_scores_beside(ledger: GoalLedger, base_model: str, bench: PreparedBenchmark) -> Future:
+def base_scores_beside(ledger: GoalLedger, base_model: str, bench: PreparedBenchmark) -> tuple[Future, Future]:
     """Score the base model in a thread beside the first experiments, on dev and then, where the benchmark
     has one, on the confirmation set (the first candidate that beats it on dev is checked there); returns
     the dev score's future. The first plans do not need it; their results do (LoopState.await_baseline).
-    On one H200 this was 62 s between the loop's trigger and its first dispatch (bench/RESULTS.md part 13)."""
+    On one H200 this was 62 s between the loop's trigger and its first dispatch (bench/RESULTS.md part 13).
+    Last, the held-out test: its future (second) is only read by the final report, which records it then,
+    so no plan sees it, and that evaluation no longer stands between the last job and the report."""
     pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="base-scores")
     dev = pool.submit(contextvars.copy_context().run, base_score, ledger, "dev", base_model, bench)
     if bench.confirm_task:  # its failure here is not fatal: confirm() evaluates it again, and reports that one
         pool.submit(contextvars.copy_context().run, base_score, ledger, "confirm", base_model, bench)
+    test = pool.submit(contextvars.copy_context().run, evaluate, base_model, bench, "test", ledger.goal.device)
     pool.shutdown(wait=False)
-    return dev
+    return dev, test
 
 
 @dataclass
@@ -356,7 +368,7 @@ def final_report(ledger: GoalLedger, state: LoopState, bench: PreparedBenchmark,
                  planner: Planner, reason: str) -> LoopReport:
     """The held-out test set is touched here, once, for base and champion only."""
     goal = state.goal
-    base_test = base_score(ledger, "test", base_model, bench)
+    base_test = base_score(ledger, "test", base_model, bench, measured=state.pending_base_test)
     champion_test: EvalScore | None = None
     if state.champion is not None:
         champion_test = evaluate(state.champion.model_path, bench, "test", goal.device)

@@ -123,12 +123,13 @@ def explore_budget_s(goal: Goal, lanes: int = 1) -> float:
     return goal.schedule.explore_fraction * spendable
 
 
-def final_reserve_s(goal: Goal, throughput: Throughput, overhead_s: float | None = None) -> float:
+def final_reserve_s(goal: Goal, throughput: Throughput, overhead_s: float | None = None, tests: int = 2) -> float:
     """Wall-clock seconds kept back from the goal's wall_time_minutes for what follows the last experiment
-    (the held-out test of the base model and of the champion) and for what an experiment takes outside its
-    job (`overhead_s` as measured by the loop; a job's fixed cost before any is)."""
+    (`tests` held-out test evaluations: the champion's, and the base model's unless it is already in) and for
+    what an experiment takes outside its job (`overhead_s` as measured by the loop; a job's fixed cost before
+    any is)."""
     outside = max(throughput.fixed_s, overhead_s or 0.0)
-    return 2 * (throughput.fixed_s + throughput.eval_seconds(goal.benchmark.test_size)) + outside
+    return tests * (throughput.fixed_s + throughput.eval_seconds(goal.benchmark.test_size)) + outside
 
 
 def default_batch_sizes(on_gpu: bool) -> list[int]:
