@@ -63,6 +63,19 @@ def research_loop(goal: Goal) -> LoopReport:
                       literature_dollars=ledger.literature_dollars(), **budget_facts(goal, base_model, bench))
     if state.baseline is None:
         state.pending_baseline, state.pending_base_test = base_scores_beside(ledger, base_model, bench)
+    try:
+        return research(state, ledger, bench, fingerprint, base_model)
+    finally:  # a loop that failed leaves no base-model evaluation running behind the flow
+        for measuring in (state.pending_baseline, state.pending_base_test):
+            if measuring is not None and not measuring.cancel():
+                wait([measuring])
+
+
+def research(state: LoopState, ledger: GoalLedger, bench: PreparedBenchmark, fingerprint: str,
+             base_model: str) -> LoopReport:
+    """Resume what the ledger holds, plan and run experiments until a stop reason holds, then the report."""
+    logger = get_run_logger()
+    goal = state.goal
     for result in ledger.history():  # resume: finished plans are never re-run
         state.record(result)
     if state.history:
