@@ -379,7 +379,8 @@ def check_integrity(bench: PreparedBenchmark, fingerprint: str) -> None:
 
 def final_report(ledger: GoalLedger, state: LoopState, bench: PreparedBenchmark, base_model: str,
                  planner: Planner, reason: str) -> LoopReport:
-    """The held-out test set is touched here, once, for base and champion only."""
+    """The held-out test set, once each for base and champion only: the champion's is evaluated here, the
+    base model's was measured beside the loop (`state.pending_base_test`) and is recorded here."""
     goal = state.goal
     base_test = base_score(ledger, "test", base_model, bench, measured=state.pending_base_test)
     champion_test: EvalScore | None = None
