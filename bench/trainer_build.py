@@ -41,6 +41,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None)
     ap.add_argument("--packed", action="store_true", help="the scale-up's packed trainer, cold then warm, profiled")
+    ap.add_argument("--procs", default=None,
+                    help="comma-separated dataset_num_proc arms, the first the baseline (default: 1, then the "
+                         "project's dataset_procs for these rows)")
     args = ap.parse_args()
     import torch
 
@@ -56,7 +59,10 @@ def main() -> None:
     model, tok = load_for_training(model_dir)
     plan = ExperimentPlan(hyperparameters={"max_steps": 10, "per_device_batch_size": 8, "max_length": 256})
     times = {}
-    for label, procs in (("one process", None), ("dataset_num_proc", common.dataset_procs(built.rows_after))):
+    arms = [("one process", None), ("dataset_num_proc", common.dataset_procs(built.rows_after))]
+    if args.procs:
+        arms = [(f"{n} process(es)", n) for n in map(int, args.procs.split(","))]
+    for label, procs in arms:
         os.environ["INTERN_DATASET_PROCS"] = str(procs or 1)
         data = work / f"{label.replace(' ', '_')}.jsonl"  # its own file: datasets would reuse the other's cache
         data.write_bytes(Path(built.path).read_bytes())
@@ -69,7 +75,8 @@ def main() -> None:
         del trainer
     result = {"host": platform.node(), "cpus": os.cpu_count(),
               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu", "rows": built.rows_after, "builds": times,
-              "ratio": round(times["one process"]["seconds"] / times["dataset_num_proc"]["seconds"], 2)}
+              "dataset_procs": common.dataset_procs(built.rows_after),
+              "ratio_to_first": {label: round(times[arms[0][0]]["seconds"] / t["seconds"], 2) for label, t in times.items()}}
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))
