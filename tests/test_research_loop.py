@@ -20,8 +20,9 @@ def runs_of(goal, kind):
                                       order_by=["attributes.start_time ASC"])
 
 
-def controller_evaluations(experiments_of: str):
-    """The newest research-loop flow run's `evaluate` task runs, and when its last experiment subflow ended."""
+def controller_evaluations(goal_name: str):
+    """The `evaluate` task runs of goal `goal_name`'s newest research-loop flow run, and when its last
+    experiment subflow ended."""
     from prefect.client.orchestration import get_client
     from prefect.client.schemas.filters import (FlowFilter, FlowFilterName, FlowRunFilter, FlowRunFilterId,
                                                 FlowRunFilterParentFlowRunId)
@@ -30,11 +31,11 @@ def controller_evaluations(experiments_of: str):
     with get_client(sync_client=True) as client:
         loop = next(r for r in client.read_flow_runs(flow_filter=FlowFilter(name=FlowFilterName(any_=["research-loop"])),
                                                      sort=FlowRunSort.START_TIME_DESC, limit=20)
-                    if r.parameters["goal"]["name"] == experiments_of)
+                    if r.parameters["goal"]["name"] == goal_name)
         subflows = client.read_flow_runs(flow_run_filter=FlowRunFilter(
             parent_flow_run_id=FlowRunFilterParentFlowRunId(any_=[loop.id])))
         tasks = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[loop.id])))
-    experiments = [r for r in subflows if r.end_time is not None and r.name and "goal" in r.parameters]
+    experiments = [r for r in subflows if r.end_time is not None and "plan" in r.parameters]
     assert experiments, "the experiments ran as the controller's subflows"
     return [t for t in tasks if t.name.startswith("evaluate")], max(r.end_time for r in experiments)
 
@@ -70,7 +71,7 @@ def test_loop_with_search_planner_records_everything(intern_env, prefect_harness
     assert len(runs_of(goal, "baseline-dev")) == 1 and len(runs_of(goal, "baseline-test")) == 1
     # the base model's held-out test is measured beside the experiments (recorded only at the end): after
     # the last experiment, the controller evaluates the champion alone
-    evaluations, last_experiment_end = controller_evaluations(experiments_of="search-loop")
+    evaluations, last_experiment_end = controller_evaluations("search-loop")
     assert sum(t.start_time > last_experiment_end for t in evaluations) == 1, [
         (t.name, t.start_time, last_experiment_end) for t in evaluations]
     report_runs = runs_of(goal, "report")
