@@ -129,7 +129,9 @@ def base_score(ledger: GoalLedger, split: str, base_model: str, bench: PreparedB
             except Exception as exc:  # noqa: BLE001 - reported, then measured again here
                 get_run_logger().warning("the base model's %s score measured beside the loop failed (%s): "
                                          "evaluating it again", split, exc)
-        return ledger.record_baseline(split, score or evaluate(base_model, bench, split, ledger.goal.device))
+        if score is None:
+            score = evaluate(base_model, bench, split, ledger.goal.device)
+        return ledger.record_baseline(split, score)
 
 
 def base_scores_beside(ledger: GoalLedger, base_model: str, bench: PreparedBenchmark) -> tuple[Future, Future]:
