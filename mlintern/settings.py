@@ -51,6 +51,10 @@ class Settings(BaseSettings):
     # "persistent": one long-lived training worker per device imports once and keeps models
     # (mlintern.worker); "fresh": a new process per job (also used under accelerate launch).
     train_worker: Literal["persistent", "fresh"] = "persistent"
+    # On a GPU (INTERN_GPU_ID set): two persistent workers, so that a queued job loads its model and
+    # builds its trainer (trl tokenizes the rows there) while the job before it trains, and takes the
+    # GPU only then. The budget counts a job from the moment it has the GPU.
+    build_ahead: bool = True
     eval_batch_size: int = 16
     # Drill/test hook: JSON such as {"oom_above_batch": 4, "nan_above_lr": 1e-4} simulates
     # a memory cap or a real NaN inside real training. Never set by a plan or an LLM.

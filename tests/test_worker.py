@@ -218,3 +218,51 @@ def test_an_experiment_queued_on_a_gpu_takes_it_the_moment_the_job_before_ends(
     assert marks["second-in"] >= marks["first-out"], "two jobs held one GPU at once"
     assert marks["second-in"] - marks["first-out"] < 1.5, marks
     assert marks["second-waited"] >= 2.5 and marks["first-waited"] < 2.5, marks
+
+
+def test_on_a_gpu_the_queued_job_is_built_while_the_one_before_trains(job_for, intern_env, monkeypatch, prefect_harness):
+    """Build-ahead: on a GPU a second worker loads the queued job's model and builds its trainer (trl
+    tokenizes there) while the first job trains, and asks for the GPU only then. The budget counts a job
+    from the moment it has the GPU (bench/RESULTS.md part 16c: 72 s of a 14-minute loop was the build,
+    on a held, idle GPU)."""
+    import fcntl
+    import threading
+
+    from mlintern.tasks.train import train
+
+    monkeypatch.setenv("INTERN_GPU_ID", "5")  # the lock and Prefect's limits are real; the job runs on the CPU
+    monkeypatch.setenv("INTERN_RUNTIME_DIR", str(intern_env / "rt"))
+    assert client.slot_count() == 2
+    model = job_for("probe")[0].model_path
+    with open(client.paths(0).lock, "a+") as held:  # both workers up first, as start_workers.sh does
+        assert client.warm(model, device="cpu", slot=0).ok
+        fcntl.flock(held, fcntl.LOCK_EX)
+        assert client.warm(model, device="cpu") is not None, "the other worker is free"
+    first, run1 = job_for("first", steps=24)
+    second, run2 = job_for("second", steps=2)
+    out: dict = {}
+
+    def go(name, job, run_id, delay):
+        time.sleep(delay)
+        out[name + "-submitted"] = time.time()
+        out[name] = train.fn(job, run_id, get_settings().resolved_tracking_uri(), 900)
+
+    threads = [threading.Thread(target=go, args=("a", first, run1, 0.0)),
+               threading.Thread(target=go, args=("b", second, run2, 1.0))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(timeout=900)
+    a, b = out["a"], out["b"]
+    assert a.status == b.status == "succeeded", (a, b)
+    a_end = a.job_started_at + a.job_seconds
+    b_ready = b.job_started_at - b.phases["gpu_wait"]  # when b, built, asked for the GPU
+    assert b_ready < a_end, "the queued job was built while the first trained"
+    assert b_ready - out["b-submitted"] >= b.phases["load"] + b.phases["build"], "built before asking for the GPU"
+    assert b.job_started_at >= a_end - 0.05 and b.job_started_at - a_end < 1.5, "one GPU, handed over at once"
+    assert b.job_seconds < b.job_started_at + b.job_seconds - out["b-submitted"] - b.phases["build"], \
+        "the budget counts the job from when it had the GPU, not its build"
+    pids = {client.paths(i).worker_pid() for i in (0, 1)}
+    assert len(pids) == 2 and None not in pids
+    client.stop()
+    assert all(client.paths(i).worker_pid() is None for i in (0, 1)), "stop() ends both workers"

@@ -23,7 +23,7 @@ def evaluate(model_path: str, bench: PreparedBenchmark, split: str, device: str 
     """lm-eval on the benchmark's dev, confirmation or held-out test task, on this device's persistent
     worker (the fresh path: in this process). Retried once: a transient failure (a busy GPU, a flaky
     data read) should not cost an experiment."""
-    from mlintern.tasks.train import use_worker
+    from mlintern.tasks.train import gpu_slot, use_worker
 
     spec = eval_spec(bench, split, device)
     if not use_worker():
@@ -34,7 +34,7 @@ def evaluate(model_path: str, bench: PreparedBenchmark, split: str, device: str 
     from mlintern.worker.protocol import EvalJob, WorkerRequest
 
     reply = submit(WorkerRequest(kind="eval", eval=EvalJob(model_path=model_path, spec=spec, device=device)),
-                   timeout_s=4 * 3600)
+                   timeout_s=4 * 3600, gpu=gpu_slot)  # on a GPU's worker, never beside a training job
     if not reply.ok:
         raise RuntimeError(f"evaluating {model_path} on {spec.task} failed in the training worker: {reply.error}")
     return reply.score

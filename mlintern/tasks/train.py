@@ -43,8 +43,9 @@ def gpu_slot():
     """Hold this worker's GPU while its job runs, so no GPU runs two jobs: a lock on this host first,
     then Prefect's global concurrency limits `gpu` and `gpu-<id>` (made by deployments/setup.sh). A GPU's
     worker takes a second experiment while one trains (deployments/start_workers.sh, --limit 2), whose
-    flow run builds its rows meanwhile and waits here, inside the `train` task, so that neither the task's
-    start nor the end of the one before it stands between the two jobs. The host lock hands the GPU over the moment the
+    flow run builds its rows meanwhile, and its training worker (the GPU's second, INTERN_BUILD_AHEAD)
+    loads the model and builds the trainer; then it waits here, inside the `train` task, so that neither
+    the task's start nor the end of the one before it stands between the two jobs. The host lock hands the GPU over the moment the
     job before ends; Prefect alone would have it retry after up to 30 s (the server's Retry-After for a
     limit whose slots are held for long). Yields the seconds it waited. A no-op where no GPU id is set."""
     gid = os.environ.get("INTERN_GPU_ID")
@@ -78,10 +79,13 @@ def train(job: TrainJob, mlflow_run_id: str, tracking_uri: str, timeout_s: float
     job = job.model_copy(update={"mlflow_run_id": mlflow_run_id, "tracking_uri": tracking_uri, "faults": faults})
     logger.info("training plan %s (%s, %d steps) on the %s path", job.plan.plan_id(), job.plan.stage,
                 job.plan.hyperparameters.max_steps, "persistent-worker" if use_worker() else "fresh-process")
-    with gpu_slot() as waited_s:
-        began = time.time()
-        outcome = _on_worker(job, log_path, timeout_s) if use_worker() else _in_child(job, out, log_path, timeout_s)
-    outcome.phases["gpu_wait"], outcome.job_started_at = round(waited_s, 3), began
+    if use_worker():  # the worker builds the job first and takes the GPU (gpu_slot) only to train it
+        outcome = _on_worker(job, log_path, timeout_s)
+    else:
+        with gpu_slot() as waited_s:
+            began = time.time()
+            outcome = _in_child(job, out, log_path, timeout_s)
+        outcome.phases["gpu_wait"], outcome.job_started_at = round(waited_s, 3), began
     if outcome.failure is not None and not outcome.failure.log_tail:
         outcome.failure.log_tail = _tail(log_path)
     if outcome.status == "failed":
@@ -96,17 +100,19 @@ def _on_worker(job: TrainJob, log_path: Path, timeout_s: float) -> TrainOutcome:
 
     start = time.time()
     try:
-        reply = submit(WorkerRequest(kind="train", train=job, log_path=str(log_path)), timeout_s)
+        reply = submit(WorkerRequest(kind="train", train=job, log_path=str(log_path)), timeout_s, gpu=gpu_slot)
     except WorkerTimeout as exc:
-        return TrainOutcome(status="failed", job_seconds=time.time() - start, failure=Failure(
+        return TrainOutcome(status="failed", job_seconds=time.time() - start, job_started_at=start, failure=Failure(
             kind=FailureKind.timeout, message=f"training exceeded its {timeout_s:.0f}s limit: {exc}"))
     except WorkerDied as exc:
         tail = _tail(log_path)
         failure = classify(None, tail, exit_code=-9 if "code -9" in str(exc) else None)
         failure.message = f"{exc}: {failure.message}"
-        return TrainOutcome(status="failed", job_seconds=time.time() - start, failure=failure)
+        return TrainOutcome(status="failed", job_seconds=time.time() - start, job_started_at=start, failure=failure)
     outcome = reply.outcome
     outcome.job_seconds = reply.job_seconds
+    outcome.phases["gpu_wait"] = round(reply.gpu_wait_seconds, 3)
+    outcome.job_started_at = reply.gpu_started_at or start  # no GPU was taken: the job failed in its build
     if reply.start_seconds:  # the worker was started for this job: where a first job's fixed cost went
         outcome.phases["worker_start"] = round(reply.start_seconds, 3)
     return outcome

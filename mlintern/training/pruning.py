@@ -59,9 +59,8 @@ class FidelityCallback(TrainerCallback):
                  examples_per_step: int, log_point: Callable[[CurvePoint, int], None] | None = None,
                  job_started: float | None = None):
         self.fidelity = fidelity
-        # wall-clock time by which training must stop, so that the job ends within its limit
-        self.deadline = (job_started + fidelity.job_limit_s - fidelity.tail_s
-                         if job_started is not None and fidelity.job_limit_s is not None else None)
+        self.deadline: float | None = None
+        self.set_job_start(job_started)
         self.evaluate = evaluate
         self.examples_per_step = examples_per_step
         self.log_point = log_point
@@ -84,6 +83,11 @@ class FidelityCallback(TrainerCallback):
         if self.started is None:
             return 0.0
         return time.time() - self.started - self.eval_seconds
+
+    def set_job_start(self, job_started: float | None) -> None:
+        """The wall-clock time by which training must stop, so that the job ends within its limit."""
+        self.deadline = (job_started + self.fidelity.job_limit_s - self.fidelity.tail_s
+                         if job_started is not None and self.fidelity.job_limit_s is not None else None)
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.started = time.time()

@@ -17,6 +17,7 @@ import signal
 import sys
 import time
 import traceback
+from collections.abc import Callable
 from pathlib import Path
 
 from mlintern.schemas import Method
@@ -181,9 +182,12 @@ def _curve_logger(job: TrainJob):
     return log_point
 
 
-def run(job: TrainJob, faults: dict | None = None, cache=None) -> TrainOutcome:
+def run(job: TrainJob, faults: dict | None = None, cache=None, gate: Callable[[], float] | None = None) -> TrainOutcome:
     """Train `job`, check dev at its rungs (pruning), score dev at the end and save, all from the
-    weights in memory. Raises on failure (the caller classifies); returns the outcome otherwise."""
+    weights in memory. Raises on failure (the caller classifies); returns the outcome otherwise.
+
+    `gate` (the persistent worker's build-ahead) is called once the model is loaded and the trainer built;
+    it returns when this job has the GPU, and the job's clock (its time cap, `train_seconds`) starts then."""
     from mlintern.evaluation.lmeval import evaluate_loaded
     from mlintern.selection import beats
     from mlintern.training.loading import load_for_training
@@ -215,6 +219,9 @@ def run(job: TrainJob, faults: dict | None = None, cache=None) -> TrainOutcome:
     trainer = build_trainer(job, callbacks, model, tokenizer)
     holder["trainer"] = trainer
     phases["build"] = time.time() - mark
+    if gate is not None:
+        start = gate()
+        fidelity.set_job_start(start)
     mark = time.time()
     result = trainer.train()
     phases["train_call"] = time.time() - mark
@@ -257,10 +264,11 @@ def run(job: TrainJob, faults: dict | None = None, cache=None) -> TrainOutcome:
     return outcome
 
 
-def run_safely(job: TrainJob, faults: dict | None = None, cache=None) -> TrainOutcome:
+def run_safely(job: TrainJob, faults: dict | None = None, cache=None,
+               gate: Callable[[], float] | None = None) -> TrainOutcome:
     """`run`, with any exception turned into a classified failed outcome (the log keeps the traceback)."""
     try:
-        return run(job, faults, cache)
+        return run(job, faults, cache, gate)
     except Exception as exc:  # classified from the type, message and traceback
         from mlintern.training.failures import classify
 

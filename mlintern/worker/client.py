@@ -10,6 +10,8 @@ import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager, ExitStack, contextmanager
 from dataclasses import dataclass
 from multiprocessing.connection import Client
 from pathlib import Path
@@ -60,10 +62,29 @@ class WorkerPaths:
             return None
 
 
-def paths() -> WorkerPaths:
-    folder = runtime_dir() / f"worker-{worker_key()}"
+def slot_count() -> int:
+    """Workers for this process's device: two on a GPU with build-ahead on (one trains while the other
+    builds the next job), else one (on a CPU, two workers would train side by side)."""
+    from mlintern.settings import get_settings
+
+    return 2 if os.environ.get("INTERN_GPU_ID") and get_settings().build_ahead else 1
+
+
+def paths(slot: int = 0) -> WorkerPaths:
+    folder = runtime_dir() / (f"worker-{worker_key()}" + (f"-{slot}" if slot else ""))
     folder.mkdir(mode=0o700, exist_ok=True)
     return WorkerPaths(folder)
+
+
+def _free_slot(lock_files: list) -> int | None:
+    """The first worker whose lock this process could take now (the lock is then held), or None."""
+    for slot, lock_file in enumerate(lock_files):
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return slot
+        except BlockingIOError:
+            continue
+    return None
 
 
 def idle_seconds() -> float:
@@ -107,17 +128,23 @@ def _spawn(p: WorkerPaths) -> None:
     raise WorkerTimeout(f"the training worker did not start within {START_TIMEOUT_S:.0f} s; see {p.log}")
 
 
-def _acquire(lock_file, timeout_s: float) -> None:
-    deadline = time.time() + timeout_s
-    while True:
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            return
-        except BlockingIOError:
+@contextmanager
+def _slot(timeout_s: float | None, only: int | None = None):
+    """Hold one of this device's workers (its lock; `only`: that one) and yield its paths; wait for one at
+    most `timeout_s` (None: do not wait, yield None when all are busy)."""
+    slots = [paths(i) for i in range(slot_count()) if only is None or i == only]
+    with ExitStack() as stack:
+        locks = [stack.enter_context(open(p.lock, "a+")) for p in slots]
+        deadline = time.time() + (timeout_s or 0.0)
+        while (slot := _free_slot(locks)) is None:
+            if timeout_s is None:
+                yield None
+                return
             if time.time() > deadline:
                 raise WorkerTimeout(f"waited {timeout_s:.0f} s for this device's training worker, "
                                     "which is busy with another job") from None
             time.sleep(0.5)
+        yield slots[slot]
 
 
 def kill(p: WorkerPaths) -> None:
@@ -141,55 +168,69 @@ def _reap() -> None:
             _spawned.pop(key, None)
 
 
-def submit(req: WorkerRequest, timeout_s: float, queue_timeout_s: float | None = None) -> WorkerReply:
-    """Run `req` on this device's worker; wait at most `timeout_s` for the job itself."""
+def submit(req: WorkerRequest, timeout_s: float, queue_timeout_s: float | None = None,
+           gpu: Callable[[], AbstractContextManager] | None = None) -> WorkerReply:
+    """Run `req` on one of this device's workers; wait at most `timeout_s` for the job itself.
+
+    With `gpu` (a context manager that holds the device, tasks.train.gpu_slot), the job is gated: the
+    worker loads and builds it first, then the GPU is taken and held until the answer, and only that part
+    counts in `job_seconds`. On a GPU a second worker builds the queued job while the first trains."""
     _reap()
-    p = paths()
-    with open(p.lock, "a+") as lock_file:
-        _acquire(lock_file, queue_timeout_s if queue_timeout_s is not None else timeout_s)
-        reply = _ask(p, req, timeout_s, kill_on_timeout=True)
+    with _slot(queue_timeout_s if queue_timeout_s is not None else timeout_s) as p:
+        if gpu is not None:
+            req = req.model_copy(update={"gate": True})
+        reply = _ask(p, req, timeout_s, kill_on_timeout=True, gpu=gpu)
     if reply is None:
         raise WorkerTimeout(f"the job outran its {timeout_s:.0f} s limit; its training worker was killed")
     return reply
 
 
-def _ask(p: WorkerPaths, req: WorkerRequest, timeout_s: float, kill_on_timeout: bool) -> WorkerReply | None:
+def _ask(p: WorkerPaths, req: WorkerRequest, timeout_s: float, kill_on_timeout: bool,
+         gpu: Callable[[], AbstractContextManager] | None = None) -> WorkerReply | None:
     """Send `req` to the running worker, or to one started now (the caller holds the lock), and return
     its answer with `start_seconds` set; None when none came within `timeout_s` (the worker killed first
-    if `kill_on_timeout`)."""
+    if `kill_on_timeout`). A gated job's `ready` is answered with b"go" once `gpu` is held; the time spent
+    waiting for it is not part of `timeout_s`."""
     try:
         conn, started_s = _connect(p), 0.0
     except (ConnectionRefusedError, FileNotFoundError, EOFError, OSError):
         start = time.time()
         _spawn(p)
         conn, started_s = _connect(p), time.time() - start
-    with conn:
+    waited, began = 0.0, None
+    with conn, ExitStack() as held:
         conn.send_bytes(req.model_dump_json().encode())
-        if not conn.poll(timeout_s):
-            if kill_on_timeout:
-                kill(p)
-            return None
-        try:
-            data = conn.recv_bytes()
-        except (EOFError, OSError):
-            raise WorkerDied(_death_message(p)) from None
-    reply = WorkerReply.model_validate_json(data)
-    reply.start_seconds = started_s
+        deadline = time.time() + timeout_s
+        while True:
+            if not conn.poll(max(0.0, deadline - time.time())):
+                if kill_on_timeout:
+                    kill(p)
+                return None
+            try:
+                reply = WorkerReply.model_validate_json(conn.recv_bytes())
+            except (EOFError, OSError):
+                raise WorkerDied(_death_message(p)) from None
+            if not reply.ready:
+                break
+            mark = time.time()
+            held.enter_context(gpu())
+            began = time.time()
+            waited = began - mark
+            deadline += waited
+            conn.send_bytes(b"go")
+    reply.start_seconds, reply.gpu_wait_seconds, reply.gpu_started_at = started_s, waited, began
     return reply
 
 
 def warm(model_path: str | None = None, packing: bool = False, device: str = "auto",
-         timeout_s: float = START_TIMEOUT_S) -> WorkerReply | None:
-    """Start this device's worker if none runs, and load `model_path` into its cache, so the job that
-    follows pays neither (the experiment flow calls it while the job's data is built;
-    deployments/start_workers.sh when a GPU's Prefect worker starts). Returns None at once if the
-    worker is busy (it runs, then): a warm-up never queues behind a job."""
+         timeout_s: float = START_TIMEOUT_S, slot: int | None = None) -> WorkerReply | None:
+    """Start a free worker of this device (`slot`: that one) if none runs, and load `model_path` into its
+    cache, so the job that follows pays neither (the experiment flow calls it while the job's data is
+    built; deployments/start_workers.sh, for each worker, when a GPU's Prefect worker starts). Returns
+    None at once if it is busy (it runs, then): a warm-up never queues behind a job."""
     _reap()
-    p = paths()
-    with open(p.lock, "a+") as lock_file:
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+    with _slot(None, slot) as p:
+        if p is None:
             return None
         req = WorkerRequest(kind="warm" if model_path else "ping",
                             warm=WarmJob(model_path=model_path, packing=packing, device=device)
@@ -217,12 +258,11 @@ def _death_message(p: WorkerPaths) -> str:
 
 
 def stop() -> bool:
-    """Stop this process's worker, if one runs (used at the end of an embedded loop)."""
-    p = paths()
-    if p.worker_pid() is None:
-        return False
-    kill(p)
-    return True
+    """Stop this process's workers, if any runs (used at the end of an embedded loop)."""
+    running = [p for p in (paths(i) for i in range(slot_count())) if p.worker_pid() is not None]
+    for p in running:
+        kill(p)
+    return bool(running)
 
 
 def _tail(path: Path, n: int = 3000) -> str:

@@ -34,6 +34,9 @@ class WorkerRequest(BaseModel):
     eval: EvalJob | None = None
     warm: WarmJob | None = None
     log_path: str | None = None  # the job's own log (stdout and stderr of the job go there)
+    # Build ahead: the worker loads the model and builds the trainer, answers `ready`, and trains only when
+    # the client, holding the GPU, sends b"go" (an evaluation waits for it before it starts).
+    gate: bool = False
 
 
 class WorkerReply(BaseModel):
@@ -41,11 +44,14 @@ class WorkerReply(BaseModel):
     outcome: TrainOutcome | None = None
     score: EvalScore | None = None
     error: str | None = None
-    job_seconds: float = 0.0  # wall time of the job inside the worker (load, train, eval, save)
+    job_seconds: float = 0.0  # wall time of the job inside the worker (load, train, eval, save); gated: from b"go"
     worker_pid: int = 0
     jobs_done: int = 0  # jobs this worker ran before this one (0: a fresh worker)
     cache_hits: int = 0
     start_seconds: float = 0.0  # set by the client: seconds it spent starting the worker for this job (0: it ran)
+    ready: bool = False  # a gated job's first message: built, waiting for the GPU (not the answer)
+    gpu_wait_seconds: float = 0.0  # set by the client: seconds a gated job, built, waited for the GPU
+    gpu_started_at: float | None = None  # set by the client: Unix time a gated job got the GPU
 
 
 # Environment that shapes a worker's behaviour: two processes that differ here get different workers.

@@ -15,6 +15,7 @@ import sys
 import threading
 import time
 import traceback
+from collections.abc import Callable
 from contextlib import contextmanager
 from multiprocessing.connection import Connection, Listener
 from pathlib import Path
@@ -67,24 +68,35 @@ class Worker:
             (self.folder / name).unlink(missing_ok=True)
         os._exit(code)
 
-    def watch_client(self, conn: Connection, done: threading.Event) -> None:
+    def watch_client(self, conn: Connection, done: threading.Event, go: threading.Event) -> None:
         """The client that sent the running job went away (its controller was killed): stop at once,
-        so nothing more is written for a job nobody waits for."""
+        so nothing more is written for a job nobody waits for. Its b"go" (it holds the GPU now) opens
+        the gate of a gated job."""
         while not done.is_set():
             try:
-                if conn.poll(0.2) and not done.is_set():
-                    conn.recv_bytes()
+                if conn.poll(0.2) and not done.is_set() and conn.recv_bytes() == b"go":
+                    go.set()
             except (EOFError, OSError):
                 if not done.is_set():
                     log.warning("client disconnected mid-job: exiting")
                     self._exit(3)
                 return
 
-    def handle(self, req: WorkerRequest) -> tuple[WorkerReply, bool]:
-        """Run one job; returns the reply and whether the worker must exit after answering."""
+    def handle(self, req: WorkerRequest, gate: Callable[[], float] | None = None) -> tuple[WorkerReply, bool]:
+        """Run one job; returns the reply and whether the worker must exit after answering. A gated job
+        calls `gate` when it is ready for the GPU (training: after the model's load and the trainer's
+        build) and its `job_seconds` count from when the gate opened."""
         from mlintern.training.runner import run_safely
 
         start = time.time()
+        opened: list[float] = []
+        if gate is not None:
+            def gate_once() -> float:
+                if not opened:
+                    opened.append(gate())
+                return opened[0]
+        else:
+            gate_once = None
         for key in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI"):  # never log into the previous job's run
             os.environ.pop(key, None)
         if req.kind == "ping":
@@ -93,17 +105,19 @@ class Worker:
             return self._warm(req), False
         try:
             if req.kind == "train":
-                outcome = run_safely(req.train, cache=self.cache)
+                outcome = run_safely(req.train, cache=self.cache, gate=gate_once)
                 reply = WorkerReply(ok=True, outcome=outcome)
                 fatal = outcome.failure is not None and any(m in outcome.failure.message + outcome.failure.log_tail
                                                             for m in _FATAL)
             else:
+                if gate_once is not None:
+                    gate_once()
                 reply = WorkerReply(ok=True, score=self._evaluate(req))
                 fatal = False
         except Exception as exc:  # an evaluation error: reported, the worker goes on
             traceback.print_exc()
             reply, fatal = WorkerReply(ok=False, error=f"{type(exc).__name__}: {exc}"), False
-        reply.job_seconds = time.time() - start
+        reply.job_seconds = time.time() - (opened[0] if opened else start)
         reply.worker_pid, reply.jobs_done, reply.cache_hits = os.getpid(), self.jobs_done, self.cache.hits
         self.jobs_done += 1
         self._release()
@@ -207,6 +221,19 @@ def warm_up() -> None:
             import liger_kernel.transformers  # noqa: F401
 
 
+def _gate(conn: Connection, go: threading.Event) -> Callable[[], float]:
+    """Tell the client the job is built, then wait for its b"go" (it has the GPU); returns when it came.
+    A client that leaves meanwhile ends the worker (watch_client)."""
+    def gate() -> float:
+        began = time.time()
+        conn.send_bytes(WorkerReply(ok=True, ready=True).model_dump_json().encode())
+        go.wait()
+        log.info("job built; waited %.1f s for the GPU", time.time() - began)
+        return time.time()
+
+    return gate
+
+
 def serve(folder: Path, owner: int | None, idle_s: float) -> None:
     from mlintern.settings import apply_env_defaults
 
@@ -237,12 +264,12 @@ def serve(folder: Path, owner: int | None, idle_s: float) -> None:
             conn.close()
             continue
         worker.busy = True
-        done = threading.Event()
-        watcher = threading.Thread(target=worker.watch_client, args=(conn, done), daemon=True)
+        done, go = threading.Event(), threading.Event()
+        watcher = threading.Thread(target=worker.watch_client, args=(conn, done, go), daemon=True)
         if req.kind in ("train", "eval"):  # a warm-up whose flow run ended early is not worth dying for
             watcher.start()
         with job_output(req.log_path):
-            reply, fatal = worker.handle(req)
+            reply, fatal = worker.handle(req, _gate(conn, go) if req.gate and watcher.is_alive() else None)
         done.set()
         if watcher.is_alive():
             watcher.join()

@@ -1,4 +1,4 @@
-"""Start this device's training worker ahead of its first job, and optionally load a model into it.
+"""Start this device's training workers ahead of their first jobs, and optionally load a model into it.
 
     python -m mlintern.worker.warm [--model PATH]
 
@@ -34,20 +34,25 @@ def warm_in_background(model_path: str | None = None, packing: bool = False, dev
 
 
 def main(argv: list[str] | None = None) -> None:
-    from mlintern.settings import apply_env_defaults
-    from mlintern.worker.client import paths, warm
+    from concurrent.futures import ThreadPoolExecutor
 
-    parser = argparse.ArgumentParser(description="start this device's ml-intern training worker ahead of its jobs")
-    parser.add_argument("--model", default=None, help="a model folder to load into the worker's cache")
+    from mlintern.settings import apply_env_defaults
+    from mlintern.worker.client import paths, slot_count, warm
+
+    parser = argparse.ArgumentParser(description="start this device's ml-intern training workers ahead of their jobs")
+    parser.add_argument("--model", default=None, help="a model folder to load into the workers' caches")
     args = parser.parse_args(argv)
     apply_env_defaults()  # the same environment as a flow run's, so it computes the same worker key
-    reply = warm(args.model)
-    if reply is None:
-        print(f"training worker busy (already running): {paths().folder}")
-    elif not reply.ok:
-        raise SystemExit(f"training worker started but warming failed: {reply.error}")
-    else:
-        print(f"training worker pid {reply.worker_pid} ready in {reply.start_seconds:.1f} s: {paths().folder}")
+    slots = range(slot_count())  # two on a GPU: one trains while the other builds the next job
+    with ThreadPoolExecutor(len(slots)) as pool:
+        replies = list(pool.map(lambda slot: warm(args.model, slot=slot), slots))
+    for slot, reply in zip(slots, replies):
+        if reply is None:
+            print(f"training worker busy (already running): {paths(slot).folder}")
+        elif not reply.ok:
+            raise SystemExit(f"training worker started but warming failed: {reply.error}")
+        else:
+            print(f"training worker pid {reply.worker_pid} ready in {reply.start_seconds:.1f} s: {paths(slot).folder}")
 
 
 if __name__ == "__main__":
