@@ -17,9 +17,10 @@ PLATEAU_STAGES = ("scale_up", "single", "search", "retry")
 
 @dataclass(frozen=True)
 class Outside:
-    """What an experiment took outside its job (dispatch, flow-run process, training rows, records): its
-    wall seconds, the training rows it asked for, and the seconds building them took a row (its `data`
-    phase over its rows: the fixed part of that phase is counted in, so the rate errs high)."""
+    """What an experiment took outside its job (dispatch, flow-run process, training rows, a build ahead of
+    the GPU, records): its wall seconds, the training rows it asked for, and the seconds building them took
+    a row (its `data` and `ahead` phases over its rows: their fixed parts are counted in, so the rate errs
+    high)."""
 
     seconds: float
     rows: int
@@ -123,7 +124,10 @@ class LoopState:
         time around a job)."""
         if result.job_seconds > 0 and result.failure is None:
             rows = result.plan.dataset.num_examples
-            data_s = result.phases.get("data", 0.0)
+            # the rows, and, for a job built ahead of its GPU (the worker's model load and trl's tokenizing
+            # of the rows), its build: both grow with the rows (part 17: a scale-up's 27.5 s build, kept
+            # back at the trials' build time, made a loop end 13.6 s past its cap)
+            data_s = result.phases.get("data", 0.0) + result.phases.get("ahead", 0.0)
             self.overheads.append(Outside(max(0.0, wall_s - result.job_seconds - result.phases.get("gpu_wait", 0.0)),
                                           rows, data_s / rows if rows else 0.0))
 

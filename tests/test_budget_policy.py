@@ -584,6 +584,13 @@ def test_an_experiment_that_builds_more_rows_is_expected_to_take_longer_outside_
     assert state.experiment_wall_s(rows=7600) == pytest.approx(state.experiment_wall_s() - 14.0, abs=0.5)
     # a loop's first experiments, with nothing measured: nothing to scale
     assert LoopState(goal=goal, baseline=None, prior=GPU).overhead_s(7600) is None
+    # a job built ahead of its GPU (a GPU's second training worker): its model load and its trainer's build
+    # (trl tokenizing the rows) are outside the job too, and grow with the rows (part 17: a scale-up's build
+    # of 27.5 s, kept back at the trials' rate of building rows alone, made the loop end 13.6 s past its cap)
+    ahead = LoopState(goal=goal, baseline=None, prior=GPU, on_gpu=True, started=time.time() - 60)
+    built = rows(trial, 2000).model_copy(update={"phases": {**trial.phases, "data": 5.0, "ahead": 7.0}})
+    ahead.note_overhead(built.job_seconds + 25.0, built)
+    assert ahead.overhead_s(7600) == pytest.approx(25.0 + 5600 * 0.006)  # 6 ms a row: 2.5 to build, 3.5 to tokenize
 
 
 def test_the_next_experiment_goes_to_the_gpu_lane_that_frees_first():

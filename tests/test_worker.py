@@ -259,6 +259,7 @@ def test_on_a_gpu_the_queued_job_is_built_while_the_one_before_trains(job_for, i
     b_ready = b.job_started_at - b.phases["gpu_wait"]  # when b, built, asked for the GPU
     assert b_ready < a_end, "the queued job was built while the first trained"
     assert b_ready - out["b-submitted"] >= b.phases["load"] + b.phases["build"], "built before asking for the GPU"
+    assert b.phases["ahead"] >= b.phases["load"] + b.phases["build"], "the time outside the job that grows with rows"
     assert b.job_started_at >= a_end - 0.05 and b.job_started_at - a_end < 1.5, "one GPU, handed over at once"
     assert b.job_seconds < b.job_started_at + b.job_seconds - out["b-submitted"] - b.phases["build"], \
         "the budget counts the job from when it had the GPU, not its build"

@@ -95,7 +95,8 @@ MEASURED = frozenset(TrainOutcome.model_fields) & frozenset(ExperimentResult.mod
 
 def record_outcome(result: ExperimentResult, outcome: TrainOutcome) -> ExperimentResult:
     """`result` with what the job measured. The budget counts what held the accelerator: the whole job
-    (model load, dev checks and save included; a fresh process's imports too, bench/RESULTS.md section 3)."""
+    (dev checks and save included; a fresh process's imports and model load too, bench/RESULTS.md section 3;
+    on the persistent worker, a job built ahead of its GPU counts from when it got it)."""
     job_seconds = max(outcome.job_seconds, outcome.train_seconds)
     return ExperimentResult.model_validate({
         **result.model_dump(), **outcome.model_dump(include=MEASURED),

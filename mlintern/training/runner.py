@@ -219,7 +219,8 @@ def run(job: TrainJob, faults: dict | None = None, cache=None, gate: Callable[[]
     trainer = build_trainer(job, callbacks, model, tokenizer)
     holder["trainer"] = trainer
     phases["build"] = time.time() - mark
-    if gate is not None:
+    if gate is not None:  # built ahead of the GPU: the load and the build are outside the job, by the rows
+        phases["ahead"] = time.time() - start
         start = gate()
         fidelity.set_job_start(start)
     mark = time.time()
