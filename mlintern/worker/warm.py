@@ -1,4 +1,4 @@
-"""Start this device's training workers ahead of their first jobs, and optionally load a model into it.
+"""Start this device's training workers ahead of their first jobs, and optionally load a model into them.
 
     python -m mlintern.worker.warm [--model PATH]
 
