@@ -325,7 +325,8 @@ def test_workers_stop_with_one_command_even_while_running_a_flow(tmp_path):
             assert sorted(name.rsplit("-", 2)[0] for name in pids) == ["controller", "gpu", "gpu", "warm", "warm"], pids
             def training_workers():
                 return [p for p in _prefect_processes(log_dir) if "mlintern.worker.server" in " ".join(p.cmdline())]
-            trainers = [p.pid for p in _wait(lambda: len(training_workers()) == 2 and training_workers(), 120,
+            # two a GPU (build-ahead: one trains while the other builds the next job), started together
+            trainers = [p.pid for p in _wait(lambda: len(training_workers()) == 4 and training_workers(), 240,
                                              "the warm-ups never started the GPUs' training workers")]
             pids = {name: pid for name, pid in pids.items() if not name.startswith("warm-")}
             def gpu_workers():
