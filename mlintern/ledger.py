@@ -162,6 +162,13 @@ class GoalLedger:
         client.set_tag(run_id, TAG_STATE, "done")
         client.set_terminated(run_id, "FAILED" if result.status == "failed" else "FINISHED")
 
+    def withdraw_run(self, run_id: str) -> None:
+        """Delete the run of a provisional experiment the controller withdrew before it took the GPU: it
+        trained nothing and spent no budget, so it is no result (the history and a resume never see it)."""
+        self.client.set_tag(run_id, TAG_STATE, "withdrawn")
+        self.client.set_terminated(run_id, "KILLED")
+        self.client.delete_run(run_id)
+
     def update(self, result: ExperimentResult) -> None:
         """Rewrite a finished run's result after the controller's confirmation check."""
         run_id = result.mlflow_run_id

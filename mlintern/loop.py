@@ -150,17 +150,30 @@ class LoopState:
     def throughput(self) -> Throughput:
         return fit_throughput(self.prior, self.history)
 
-    def sizing(self, pending: list[ExperimentPlan] = ()) -> Sizing:
+    def sizing(self, pending: list[ExperimentPlan] = (), optimistic: bool = False) -> Sizing:
         """Bounds for the next plan; experiments still running count at their predicted cost, and at
         the cost of a confirmation check each (charged to a candidate after its job, so a plan made
-        while it runs would not see it; bench/RESULTS.md part 10c)."""
+        while it runs would not see it; bench/RESULTS.md part 10c). `optimistic` (a provisional plan's):
+        running exploration trials count at what they cost if pruned at their first rung."""
         throughput = self.throughput()
         first = sizing(self.goal, self.used_s, throughput, self.on_gpu)
         if not pending:
             return first
         confirm_s = throughput.eval_seconds(first.dev_items) if self.goal.benchmark.confirm_seed is not None else 0.0
-        committed = sum(first.plan_job_seconds(p) + confirm_s for p in pending)
+
+        def cost(p: ExperimentPlan) -> float:
+            full = first.plan_job_seconds(p) + confirm_s
+            return min(full, self.pruned_cost_s(first)) if optimistic and p.stage == "explore" and self.rungs else full
+
+        committed = sum(cost(p) for p in pending)
         return sizing(self.goal, self.used_s + committed, throughput, self.on_gpu)
+
+    def pruned_cost_s(self, first: Sizing | None = None) -> float:
+        """The accounted seconds of an exploration trial pruned at its first rung: its fixed part, training to
+        the rung, and the rung's dev check."""
+        first = first or sizing(self.goal, self.used_s, self.throughput(), self.on_gpu)
+        items = self.goal.schedule.rung_dev_items or first.dev_items
+        return first.throughput.fixed_s + self.rungs[0] + first.throughput.eval_seconds(items)
 
     def usage(self) -> str:
         return (f"used {self.used_s:.0f} of {self.budget_s:.0f} accelerator-seconds "

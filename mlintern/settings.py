@@ -55,6 +55,11 @@ class Settings(BaseSettings):
     # builds its trainer (trl tokenizes the rows there) while the job before it trains, and takes the
     # GPU only then. The budget counts a job from the moment it has the GPU.
     build_ahead: bool = True
+    # Where a GPU's queue would stay empty behind a running job (the exploration budget is spoken for until
+    # that trial ends, or the scale-up waits for it), queue a provisional experiment planned on the likely
+    # outcome (the trial is pruned at its first rung; the winner stays): it is built while the job trains and
+    # takes the GPU only if the controller releases it when the job ends (mlintern.release).
+    speculate: bool = True
     eval_batch_size: int = 16
     # Drill/test hook: JSON such as {"oom_above_batch": 4, "nan_above_lr": 1e-4} simulates
     # a memory cap or a real NaN inside real training. Never set by a plan or an LLM.

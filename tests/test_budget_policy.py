@@ -608,3 +608,57 @@ def test_the_next_experiment_goes_to_the_gpu_lane_that_frees_first():
     # one lane of depth 2: the second queued job starts when the first ends, however early it was sent
     queued = one + [Flight(plan, lane=0, dispatched=991.0, job_limit_s=20.0)]
     assert _free_lane(queued, 1, lambda plan: 10.0, now=1000.0) == (0, pytest.approx(80.0))
+
+
+def provisional_ctx(goal: Goal, history=(), champion=None, pending=()) -> PlanningContext:
+    """The loop's context for a queue slot behind a running job, planned on its likely outcome."""
+    from mlintern.loop import LoopState
+
+    c = ctx(goal, history, champion, pending)
+    state = LoopState(goal=goal, baseline=c.baseline, history=list(history), prior=GPU, on_gpu=True, rungs=c.rungs)
+    return c.model_copy(update={"sizing": state.sizing(list(pending), optimistic=True), "provisional": True,
+                                "gpu_free_in_s": 30.0})
+
+
+def test_a_queue_slot_behind_a_running_trial_gets_a_provisional_plan_kept_only_if_its_assumption_holds():
+    """1 x H200 (bench/RESULTS.md part 17): with a trial running, counted at its full predicted cost, the
+    exploration budget funded nothing more, so the GPU's queue stayed empty; the trial was pruned at its first
+    rung and the GPU then waited 35 s for the next trial's flow run, rows and build, and 60 s before the
+    scale-up. A provisional plan counts the running trial at its first rung's cost; the loop releases it
+    when that trial ends only if the planner still wants it then."""
+    from mlintern.planners.base import PlannerWaiting
+
+    goal = gpu_goal(300)
+    planner = MultiFidelityPlanner()
+    champion = simulated(planner.propose(ctx(goal)), 0.5)
+    history = [champion]
+    running = planner.propose(ctx(goal, history, champion=champion))
+    while True:  # trials pruned early until the next one holds the rest of the exploration's share
+        try:
+            planner.propose(ctx(goal, history, champion=champion, pending=[running]))
+        except PlannerWaiting:
+            break
+        history.append(simulated(running, 0.1, status="pruned", stop_at_s=5))
+        running = planner.propose(ctx(goal, history, champion=champion))
+    assert running.stage == "explore"
+    spec = planner.propose(provisional_ctx(goal, history, champion, pending=[running]))
+    assert spec.stage == "explore", "pruned at its first rung, the running trial would leave a trial's budget"
+    pruned = history + [simulated(running, 0.1, status="pruned", stop_at_s=5)]
+    assert planner.still_wanted(spec, ctx(goal, pruned, champion=champion)), "it was pruned: the trial goes on"
+    full = history + [simulated(running, 0.2)]
+    assert not planner.still_wanted(spec, ctx(goal, full, champion=champion)), "it ran its length: withdrawn"
+
+    # the last trial: even at its first rung's cost no other trial fits, so the slot gets the scale-up
+    last = spec
+    while (nxt := planner.propose(provisional_ctx(goal, pruned, champion, pending=[last]))).stage == "explore":
+        pruned.append(simulated(last, 0.1, status="pruned", stop_at_s=5))
+        last = nxt
+    with pytest.raises(PlannerWaiting, match="exploration trial"):
+        planner.propose(ctx(goal, pruned, champion=champion, pending=[last]))
+    up = nxt
+    assert up.stage == "scale_up" and up.init_from == "champion"
+    quiet = pruned + [simulated(last, 0.1, status="pruned", stop_at_s=5)]
+    assert planner.still_wanted(up, ctx(goal, quiet, champion=champion)), "the winner stands: released"
+    won = simulated(last, 0.9)
+    assert not planner.still_wanted(up, ctx(goal, pruned + [won], champion=won)), \
+        "a new champion with another configuration: the scale-up is planned again"

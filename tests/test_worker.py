@@ -282,3 +282,52 @@ def test_on_a_gpu_the_queued_job_is_built_while_the_one_before_trains(job_for, i
     assert len(pids) == 2 and None not in pids
     client.stop()
     assert all(client.paths(i).worker_pid() is None for i in (0, 1)), "stop() ends both workers"
+
+
+def test_a_provisional_job_waits_built_for_its_word_then_trains_to_its_release_or_ends_withdrawn(
+        job_for, intern_env, monkeypatch, prefect_harness):
+    """A provisional experiment (mlintern.release) is built, then waits for the controller's word before it
+    takes the GPU. Released, it trains to the limits of the release, not those it was dispatched with;
+    withdrawn, it ends without the GPU and the worker stays up for the next job."""
+    import threading
+
+    from mlintern.release import Release, give, release_name
+    from mlintern.tasks.train import train
+    from mlintern.training.job import JobWithdrawn
+
+    monkeypatch.setenv("INTERN_GPU_ID", "6")
+    monkeypatch.setenv("INTERN_RUNTIME_DIR", str(intern_env / "rt"))
+    uri = get_settings().resolved_tracking_uri()
+
+    job, run_id = job_for("released", steps=6)
+    name, marks = release_name("goal", "released"), {}
+
+    def word():
+        time.sleep(20)
+        marks["given"] = time.time()
+        give(name, Release(fidelity=Fidelity(time_limit_s=0.001)))  # one step, then the cap
+
+    threading.Thread(target=word).start()
+    submitted = time.time()
+    outcome = train.fn(job, run_id, uri, 900, hold=name, hold_s=300)
+    assert outcome.status == "succeeded", outcome.failure
+    assert outcome.job_started_at >= marks["given"], "it took the GPU only after its word"
+    ready_after = outcome.phases.get("worker_start", 0.0) + outcome.phases["ahead"]  # the worker's start, the build
+    assert outcome.phases["gpu_wait"] >= marks["given"] - submitted - ready_after - 1, "built, it waited"
+    assert outcome.steps == 1 and outcome.stopped_by_time_limit, "the release's limits, not the dispatched ones"
+    pid = client.paths(0).worker_pid() or client.paths(1).worker_pid()
+
+    job, run_id = job_for("withdrawn", steps=2)
+    name = release_name("goal", "withdrawn")
+    give(name, Release(withdraw=True))
+    with pytest.raises(JobWithdrawn, match="withdrawn by the controller"):
+        train.fn(job, run_id, uri, 900, hold=name, hold_s=300)
+    assert not (intern_env / "withdrawn" / "model").exists(), "nothing trained, nothing saved"
+    job, run_id = job_for("after", steps=2)
+    assert train.fn(job, run_id, uri, 900).status == "succeeded"
+    assert pid in {client.paths(i).worker_pid() for i in (0, 1)}, "the worker stayed up through the withdrawal"
+
+    job, run_id = job_for("silent", steps=2)
+    with pytest.raises(JobWithdrawn, match="no word from the controller within 2 s"):
+        train.fn(job, run_id, uri, 900, hold=release_name("goal", "silent"), hold_s=2)
+    client.stop()

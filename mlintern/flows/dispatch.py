@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import re
+import time
 
 from prefect.deployments import run_deployment
 
@@ -40,11 +41,13 @@ def gpu_lanes(width: int) -> list[str]:
 
 def dispatch_experiment(goal: Goal, plan: ExperimentPlan, init_model: str, timeout_s: float,
                         fidelity: Fidelity | None = None,
-                        llm_transcript: LLMTranscript | None = None, work_queue: str | None = None) -> ExperimentResult:
+                        llm_transcript: LLMTranscript | None = None, work_queue: str | None = None,
+                        hold: str | None = None, hold_s: float = 0.0) -> ExperimentResult:
     """Idempotent per (goal, plan): a retried or resumed controller never starts a duplicate.
     `fidelity` (the schedule's dev checks and time cap) and `llm_transcript` (how the plan was made)
     travel with the run; the worker applies the one and logs the other. `work_queue`: a GPU's queue
-    (`gpu_lanes`), else the deployment's own."""
+    (`gpu_lanes`), else the deployment's own. `hold`, `hold_s`: a provisional experiment's release
+    (mlintern.release); the caller drops what a withdrawn one returns."""
     name = get_settings().experiment_deployment
     plan_id = plan.plan_id()
     parameters = {"goal": goal.model_dump(mode="json"), "plan": plan.model_dump(mode="json"),
@@ -52,10 +55,13 @@ def dispatch_experiment(goal: Goal, plan: ExperimentPlan, init_model: str, timeo
                   "fidelity": (fidelity or Fidelity()).model_dump(mode="json")}
     if llm_transcript is not None:  # only when there is one: older deployments lack the parameter
         parameters["llm_transcript"] = llm_transcript.model_dump(mode="json")
+    if hold is not None:  # likewise
+        parameters.update(hold=hold, hold_s=hold_s)
     flow_run = run_deployment(
         name,
         parameters=parameters,
-        idempotency_key=f"{goal.goal_id()}-{plan_id}",
+        # a provisional run may be withdrawn, and the same plan sent again later: its own key
+        idempotency_key=f"{goal.goal_id()}-{plan_id}" + (f"-held-{time.time():.0f}" if hold else ""),
         timeout=None,
         poll_interval=1,  # Prefect's default 5 s left a GPU idle 2.5 s on average after each experiment
         as_subflow=True,

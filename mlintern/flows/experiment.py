@@ -16,10 +16,10 @@ from prefect.runtime import flow_run
 
 from mlintern.ledger import GoalLedger
 from mlintern.llm import LLMClient, LLMTranscript
-from mlintern.schemas import ExperimentPlan, ExperimentResult, Fidelity, Goal
+from mlintern.schemas import ExperimentPlan, ExperimentResult, Failure, FailureKind, Fidelity, Goal
 from mlintern.settings import get_settings
 from mlintern.training.failures import classify
-from mlintern.training.job import TrainJob, TrainOutcome
+from mlintern.training.job import JobWithdrawn, TrainJob, TrainOutcome
 from mlintern.tasks.data import build_data
 from mlintern.tasks.evaluate import eval_spec
 from mlintern.tasks.setup import prepare
@@ -45,9 +45,15 @@ def experiment(
     goal: Goal, plan: ExperimentPlan, init_model: str, timeout_s: float | None = None,
     fidelity: Fidelity | None = None,
     llm_transcript: LLMTranscript | None = None,
+    hold: str | None = None,
+    hold_s: float = 0.0,
 ) -> ExperimentResult:
     """Data, then one training job that also checks dev at the schedule's rungs (the pruner may stop
-    it there) and scores dev from the weights in memory; everything lands in MLflow."""
+    it there) and scores dev from the weights in memory; everything lands in MLflow.
+
+    `hold`: a provisional experiment (mlintern.release). Its rows and trainer are built, then it waits up to
+    `hold_s` for the controller's word before it takes the GPU. If the controller withdraws it, its MLflow run
+    is deleted (it never trained: no result, no budget spent) and the result returned says so."""
     logger = get_run_logger()
     settings = get_settings()
     ledger = GoalLedger.open(goal)
@@ -73,9 +79,14 @@ def experiment(
                        benchmark_metric=bench.metric, fidelity=fidelity or Fidelity(),
                        evaluation=eval_spec(bench, "dev", goal.device),
                        confirmation=eval_spec(bench, "confirm", goal.device) if bench.confirm_task else None)
-        outcome = train(job, run_id, ledger.tracking_uri, timeout_s or settings.train_timeout_s)
+        outcome = train(job, run_id, ledger.tracking_uri, timeout_s or settings.train_timeout_s, hold, hold_s)
         result = record_outcome(result, outcome)
         result.phases.update(benchmark=round(benchmark_s, 3), data=round(data_s, 3))
+    except JobWithdrawn as exc:
+        logger.info("provisional experiment %s withdrawn before it took the GPU: %s", plan_id, exc)
+        ledger.withdraw_run(run_id)
+        result.failure = Failure(kind=FailureKind.crash, message=f"withdrawn: {exc}")
+        return result
     except Exception as exc:  # bad data, a dead evaluation: recorded, never fatal to the loop
         logger.error("experiment %s failed: %s", plan_id, exc)
         result.failure = classify(exc, traceback.format_exc())

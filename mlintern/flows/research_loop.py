@@ -31,6 +31,9 @@ from mlintern.planners.fallback import take_transcript
 from mlintern.planners.multifidelity import fidelity_for
 from mlintern.preview import wall_warning
 from mlintern.progress import markdown_image, progress_png
+from mlintern.release import Release, release_name
+from mlintern.release import clear as clear_release
+from mlintern.release import give as give_release
 from mlintern.report import render_report
 from mlintern.retention import enforce as enforce_retention
 from mlintern.schemas import EvalScore, ExperimentPlan, ExperimentResult, Goal, LoopReport, PaperDigest, PlanningContext
@@ -152,13 +155,23 @@ def base_scores_beside(ledger: GoalLedger, base_model: str, bench: PreparedBench
 
 @dataclass
 class Flight:
-    """An experiment dispatched and not yet finished: its plan, the GPU lane it went to, when, and the most
-    its job may take (its fidelity's `job_limit_s`)."""
+    """An experiment dispatched and not yet finished: its plan, the GPU lane it went to, when, the most
+    its job may take (its fidelity's `job_limit_s`) and the least (`earliest_s`: a trial pruned at its first
+    rung). A provisional one (`hold`, the name of its release) waits, built, for the controller's word when
+    the job before it on its lane ends; `based_on` is the champion it was planned on."""
 
     plan: ExperimentPlan
     lane: int
     dispatched: float
     job_limit_s: float
+    earliest_s: float = 0.0
+    hold: str | None = None
+    based_on: str | None = None
+    word: str | None = None  # "released" or "withdrawn", once given
+
+    @property
+    def live(self) -> bool:
+        return self.word != "withdrawn"
 
 
 def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenchmark, literature: list[PaperDigest],
@@ -166,7 +179,9 @@ def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenc
     """Keep every GPU lane busy (`parallel_experiments` of them; one where no experiment deployment
     dispatches them); plan the next experiment as soon as a lane has room, until a stop reason holds.
     Where each GPU has its own work queue, a lane holds `queue_depth` experiments: one trains while the
-    next one's flow run starts and builds its rows, and takes the GPU the moment it frees."""
+    next one's flow run starts and builds its rows, and takes the GPU the moment it frees. Where the
+    planner has nothing for that slot until the running job ends, a provisional plan takes it (`speculate`):
+    it is built meanwhile and released or withdrawn when that job ends."""
     logger = get_run_logger()
     dispatch = get_settings().experiment_deployment is not None
     width = loop_lanes(goal)
@@ -177,22 +192,35 @@ def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenc
         width = len(queues)
     lanes = queues or [None] * width
     depth = get_settings().queue_depth if queues else 1
+    speculate = get_settings().speculate and depth > 1 and hasattr(planner, "still_wanted")
     in_flight: dict[Future, Flight] = {}
     finished = False  # results recorded since the progress was last published
-    with ThreadPoolExecutor(max_workers=len(lanes) * depth) as pool:
+    with ThreadPoolExecutor(max_workers=2 * len(lanes) * depth) as pool:  # withdrawn ones end beside
         while True:
-            while state.stop_reason() is None and _room(state, in_flight, len(lanes) * depth):
-                lane, ahead_s = _free_lane(list(in_flight.values()), len(lanes), lambda p: _outside_s(state, p))
-                pending = [f.plan for f in in_flight.values()]
+            while state.stop_reason() is None and _room(state, _live(in_flight), len(lanes) * depth):
+                flights = _live(in_flight)
+                lane, ahead_s = _free_lane(flights, len(lanes), lambda p: _outside_s(state, p))
+                pending = [f.plan for f in flights]
                 plan = next_plan(planner, state, bench, literature, pending, width, ahead_s)
+                hold = None
+                if plan is None and speculate and ahead_s > 0 and _may_speculate(state, flights, lane):
+                    _, soonest_s = _free_lane(flights, len(lanes), lambda p: _outside_s(state, p),
+                                              length=lambda f: f.earliest_s)
+                    plan = next_plan(planner, state, bench, literature, pending, width, soonest_s, provisional=True)
+                    if plan is not None:
+                        state.planner_done = None  # the first answer was "not until the running job ends"
+                        hold, ahead_s = release_name(goal.goal_id(), plan.plan_id()), soonest_s
+                        print(f"provisional {plan.stage} {plan.plan_id()} queued behind the running job on lane "
+                              f"{lane}: released only if the planner still wants it when that job ends")
                 if plan is None:
                     break
-                fidelity = fidelity_for(plan, goal, state.sizing(pending), state.history, state.rungs,
-                                        lanes=len(lanes) * depth,
+                fidelity = fidelity_for(plan, goal, state.sizing(pending, optimistic=hold is not None),
+                                        state.history, state.rungs, lanes=len(lanes) * depth,
                                         wall_s=state.experiment_wall_s(ahead_s, plan.dataset.num_examples),
                                         confirm_above=state.best if bench.confirm_task and state.baseline_known()
                                         else None)
-                run = _runner(goal, plan, state, base_model, fidelity, dispatch, lanes[lane])
+                hold_s = _hold_s(state, flights, lane) if hold else 0.0
+                run = _runner(goal, plan, state, base_model, fidelity, dispatch, lanes[lane], hold, hold_s)
                 if not dispatch:  # embedded: the experiment is a subflow in this thread
                     began = time.time()
                     result = run()
@@ -200,7 +228,9 @@ def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenc
                     finish(result, state, bench, base_model, ledger, planner)
                     publish_progress(state, ledger, planner)
                     continue
-                flight = Flight(plan, lane, time.time(), fidelity.job_limit_s or state.wall_left_s())
+                flight = Flight(plan, lane, time.time(), fidelity.job_limit_s or state.wall_left_s(),
+                                earliest_s=_earliest_s(state, plan, fidelity), hold=hold,
+                                based_on=state.champion.plan_id if state.champion else None)
                 in_flight[pool.submit(_timed, contextvars.copy_context().run, run)] = flight
             if finished:  # after the freed GPUs got their next experiment, not before
                 publish_progress(state, ledger, planner)
@@ -209,27 +239,93 @@ def run_loop(goal: Goal, planner: Planner, state: LoopState, bench: PreparedBenc
                 return
             done, _ = wait(in_flight, return_when=FIRST_COMPLETED)
             for future in done:
-                in_flight.pop(future)
+                flight = in_flight.pop(future)
                 result, seconds = future.result()
+                if flight.hold is not None:
+                    clear_release(flight.hold)
+                if not flight.live:  # withdrawn before it took the GPU: it trained nothing, spent nothing
+                    continue
+                if flight.word is None and flight.hold is not None:  # it ended before its word (a failure)
+                    logger.warning("provisional experiment %s ended before the controller's word: %s",
+                                   flight.plan.plan_id(), result.failure.message if result.failure else result.status)
                 state.note_overhead(seconds, result)
                 finish(result, state, bench, base_model, ledger, planner)
-            finished = True
+                finished = True
             # "nothing left to fund" was judged with running experiments at their predicted cost;
             # ask again now that one has finished at its real cost
             state.planner_done = None
+            for flight in _next_up(in_flight):  # provisional ones now first on their GPU: the word, at once
+                decide(flight, planner, state, bench, literature, [f.plan for f in _live(in_flight) if f is not flight],
+                       width, len(lanes) * depth)
+
+
+def _live(in_flight: dict[Future, Flight]) -> list[Flight]:
+    """The flights that count: all but the withdrawn ones (which end within seconds, without the GPU)."""
+    return [f for f in in_flight.values() if f.live]
+
+
+def _may_speculate(state: LoopState, flights: list[Flight], lane: int) -> bool:
+    """A provisional plan goes only behind a job the loop is sure of (not behind another provisional one),
+    and not while a failure waits for its fix."""
+    ahead = [f for f in flights if f.lane == lane]
+    return bool(ahead) and all(f.hold is None for f in ahead) and state.pending_failure() is None
+
+
+def _next_up(in_flight: dict[Future, Flight]) -> list[Flight]:
+    """Provisional flights without a word whose lane has nothing live before them any more."""
+    live = _live(in_flight)
+    return [f for f in live if f.hold is not None and f.word is None
+            and not any(o.lane == f.lane and o.dispatched < f.dispatched for o in live)]
+
+
+def decide(flight: Flight, planner: Planner, state: LoopState, bench: PreparedBenchmark,
+           literature: list[PaperDigest], pending: list[ExperimentPlan], width: int, capacity: int) -> None:
+    """The word on a provisional experiment whose GPU is free now: released, with the limits the budget and
+    the wall clock allow now (the pruner's peers as they are now), if the planner still wants it and the
+    champion it was planned on still stands; withdrawn otherwise (the planner is asked for the slot again)."""
+    plan = flight.plan
+    ctx = planning_context(state, bench, literature, pending, width, 0.0)
+    champion = state.champion.plan_id if state.champion else None
+    keep = (state.stop_reason() is None and state.pending_failure() is None and planner.still_wanted(plan, ctx)
+            and (plan.init_from != "champion" or champion == flight.based_on))
+    if keep:
+        fidelity = fidelity_for(plan, state.goal, state.sizing(pending), state.history, state.rungs, lanes=capacity,
+                                wall_s=state.experiment_wall_s(0.0, plan.dataset.num_examples),
+                                confirm_above=state.best if bench.confirm_task and state.baseline_known() else None)
+        give_release(flight.hold, Release(fidelity=fidelity))
+        flight.word, flight.job_limit_s = "released", fidelity.job_limit_s or flight.job_limit_s
+    else:
+        give_release(flight.hold, Release(withdraw=True))
+        flight.word = "withdrawn"
+    print(f"provisional {plan.stage} {plan.plan_id()}: {flight.word}")
+
+
+def _hold_s(state: LoopState, flights: list[Flight], lane: int) -> float:
+    """How long a provisional experiment waits for its word at most: until the jobs before it on its lane
+    have had their time limits, and 10 minutes more (then it withdraws itself)."""
+    _, ahead_s = _free_lane([f for f in flights if f.lane == lane], 1, lambda p: _outside_s(state, p))
+    return ahead_s + 600.0
+
+
+def _earliest_s(state: LoopState, plan: ExperimentPlan, fidelity) -> float:
+    """The least a job may hold its GPU: an exploration trial pruned at its first rung; else its limit."""
+    limit = fidelity.job_limit_s or state.wall_left_s()
+    return min(limit, state.pruned_cost_s()) if plan.stage == "explore" and state.rungs else limit
 
 
 def _free_lane(flights: list[Flight], lanes: int, outside_s: Callable[[ExperimentPlan], float],
-               now: float | None = None) -> tuple[int, float]:
+               now: float | None = None, length: Callable[[Flight], float] = lambda f: f.job_limit_s,
+               ) -> tuple[int, float]:
     """The lane for the next experiment: the one with the fewest experiments in flight, then the one that
     frees first; and the seconds until it frees, as far as the jobs already sent there may take (each
-    starts once the one before it ends, and once its own preparation, `outside_s(plan)`, is done)."""
+    starts once the one before it ends, and once its own preparation, `outside_s(plan)`, is done; each
+    takes `length`, by default its limit)."""
     now = time.time() if now is None else now
     free_at = []
     for lane in range(lanes):
         end = now
         for f in sorted((f for f in flights if f.lane == lane), key=lambda f: f.dispatched):
-            end = max(end, f.dispatched + outside_s(f.plan)) + f.job_limit_s
+            end = max(end, f.dispatched + outside_s(f.plan)) + length(f)
         free_at.append((sum(f.lane == lane for f in flights), end, lane))
     count, end, lane = min(free_at)
     return lane, (end - now if count else 0.0)
@@ -246,28 +342,37 @@ def _timed(call, *args) -> tuple[ExperimentResult, float]:
     return call(*args), time.time() - began
 
 
-def _room(state: LoopState, in_flight: dict, capacity: int) -> bool:
-    if len(state.history) + len(in_flight) >= state.goal.budget.max_experiments:
+def _room(state: LoopState, flights: list[Flight], capacity: int) -> bool:
+    if len(state.history) + len(flights) >= state.goal.budget.max_experiments:
         return False
-    return len(in_flight) < (1 if state.pending_failure() else capacity)
+    return len(flights) < (1 if state.pending_failure() else capacity)
 
 
-def next_plan(planner: Planner, state: LoopState, bench: PreparedBenchmark, literature: list[PaperDigest],
-              pending: list[ExperimentPlan], lanes: int = 1, ahead_s: float = 0.0) -> ExperimentPlan | None:
-    """The planner's next plan, or None (with the reason kept on the state) when there is none. `ahead_s`:
-    seconds until its GPU frees (the jobs queued there before it)."""
-    logger = get_run_logger()
+def planning_context(state: LoopState, bench: PreparedBenchmark, literature: list[PaperDigest],
+                     pending: list[ExperimentPlan], lanes: int = 1, ahead_s: float = 0.0,
+                     provisional: bool = False) -> PlanningContext:
+    """What a planner sees of the loop now (`ahead_s`: seconds until the plan's GPU frees)."""
     failure = state.pending_failure()
-    ctx = PlanningContext(
+    return PlanningContext(
         goal=state.goal, metric=bench.metric, baseline=state.baseline, history=state.history,
         champion=state.champion, experiments_left=state.experiments_left - len(pending),
         hours_left=state.hours_left, literature=literature, pending=pending,
         eval_files=[str(f) for f in bench.eval_files()],
         failure=failure[0] if failure else None, failure_plan=failure[1] if failure else None,
-        sizing=state.sizing(pending), on_gpu=state.on_gpu, rungs=state.rungs, lanes=lanes,
+        sizing=state.sizing(pending, optimistic=provisional), on_gpu=state.on_gpu, rungs=state.rungs, lanes=lanes,
         wall_left_s=state.experiment_wall_s(ahead_s), gpu_free_in_s=max(0.0, ahead_s),
-        llm_dollars=state.llm_dollars,
+        llm_dollars=state.llm_dollars, provisional=provisional,
     )
+
+
+def next_plan(planner: Planner, state: LoopState, bench: PreparedBenchmark, literature: list[PaperDigest],
+              pending: list[ExperimentPlan], lanes: int = 1, ahead_s: float = 0.0,
+              provisional: bool = False) -> ExperimentPlan | None:
+    """The planner's next plan, or None (with the reason kept on the state) when there is none. `ahead_s`:
+    seconds until its GPU frees (the jobs queued there before it). `provisional`: a plan on the likely
+    outcome of the running jobs (PlanningContext.provisional)."""
+    logger = get_run_logger()
+    ctx = planning_context(state, bench, literature, pending, lanes, ahead_s, provisional)
     try:
         return plan_next(planner, ctx)
     except PlannerDone as exc:
@@ -282,14 +387,14 @@ def next_plan(planner: Planner, state: LoopState, bench: PreparedBenchmark, lite
 
 
 def _runner(goal: Goal, plan: ExperimentPlan, state: LoopState, base_model: str, fidelity, dispatch: bool,
-            work_queue: str | None = None):
+            work_queue: str | None = None, hold: str | None = None, hold_s: float = 0.0):
     timeout = max(60.0, min(get_settings().train_timeout_s, state.wall_left_s()))
     transcript = take_transcript(plan)  # how an LLM made the plan: logged to the plan's run
     if transcript is not None and transcript.dollars:
         state.inflight_dollars[plan.plan_id()] = transcript.dollars  # the result carries it once finished
     init = state.champion.model_path if plan.init_from == "champion" and state.champion is not None else base_model
     if dispatch:
-        return lambda: dispatch_experiment(goal, plan, init, timeout, fidelity, transcript, work_queue)
+        return lambda: dispatch_experiment(goal, plan, init, timeout, fidelity, transcript, work_queue, hold, hold_s)
     return lambda: experiment(goal, plan, init, timeout, fidelity, llm_transcript=transcript)
 
 

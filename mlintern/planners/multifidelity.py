@@ -67,7 +67,8 @@ class MultiFidelityPlanner:
         if self.exploring(ctx, sz):
             return self._explore(ctx, sz)
         trials = sum(p.stage == "explore" for p in ctx.pending)
-        if trials and not (ctx.champion is not None and scale_up_lanes(ctx, sz) > 1 and ctx.gpu_free_in_s == 0):
+        if trials and not ctx.provisional and not (
+                ctx.champion is not None and scale_up_lanes(ctx, sz) > 1 and ctx.gpu_free_in_s == 0):
             # a scale-up continues the exploration's winner, so it waits for the trials still running
             # (on 2 lanes one started from the base model beside the only trial and overspent: part 10d).
             # Not when the wall clock needs several scale-up lanes: then a GPU left waiting is budget lost
@@ -75,7 +76,8 @@ class MultiFidelityPlanner:
             # continues the winner so far, and the lanes freed later continue the final one. A queue slot
             # behind a running job is not a free GPU: a scale-up planned there was fixed a minute before it
             # could start, on the one result then in (2 x H200: 111 GPU-s continuing a dev-0.08 trial
-            # while a dev-0.54 one was finishing, bench/RESULTS.md part 14).
+            # while a dev-0.54 one was finishing, bench/RESULTS.md part 14). A provisional plan may: the
+            # loop releases it only if the trials' results leave the choice as it was (`still_wanted`).
             raise PlannerWaiting(f"waiting for {trials} exploration trial(s) to finish before scaling up their winner")
         running = sum(p.stage == "scale_up" for p in ctx.pending)
         if running and running >= scale_up_lanes(ctx, sz):
@@ -111,14 +113,29 @@ class MultiFidelityPlanner:
                                    f"{ctx.goal.schedule.reduction_factor}).")
         return validate_plan(plan, ctx)
 
-    def _scale_up(self, ctx: PlanningContext, sz: Sizing) -> ExperimentPlan:
-        """Continue the champion with everything that is left (minus a small margin). With several
-        scale-up lanes (`schedule.scale_up_lanes`, default 1) on free GPUs, what is left is split among
-        that many continuations, each with another explored configuration's learning rate and batch
-        (the best first), and the best one wins. An LLM proposer plans the content of the run; its size
-        is the schedule's."""
+    def still_wanted(self, plan: ExperimentPlan, ctx: PlanningContext) -> bool:
+        """Whether a provisional plan is still what this planner would run now that the job it was queued
+        behind has ended (`ctx`: the loop as it is now, the plan itself not pending): a trial while the
+        exploration budget still funds one; a scale-up once exploring is over, of the configuration that
+        would be chosen now. Its size is not judged here: the loop releases it with the limits of now."""
+        sz = ctx.size()
+        cheapest = sz.job_seconds(sz.min_steps, sz.batch_sizes[-1])
+        if sz.left_s < cheapest or (ctx.wall_left_s is not None and ctx.wall_left_s < cheapest):
+            return False
+        if plan.stage == "explore":
+            return self.exploring(ctx, sz)
+        if plan.stage != "scale_up" or self.exploring(ctx, sz) or any(p.stage == "explore" for p in ctx.pending):
+            return False
         if self.proposer is not None:
-            return self._llm_scale_up(ctx, sz)
+            return True
+        chosen, planned = self._scale_up_choice(ctx)[0], plan_params(plan)
+        if plan.hyperparameters.packing:  # fast_path packed it: its batch holds rows of tokens, not examples
+            chosen, planned = {**chosen, "batch_size": 0}, {**planned, "batch_size": 0}
+        return chosen == planned
+
+    def _scale_up_choice(self, ctx: PlanningContext) -> tuple[dict, str, object, str]:
+        """What the next scale-up continues: its configuration, `init_from`, the hyperparameters it
+        inherits, and a sentence saying where they come from."""
         champion = ctx.champion
         running = sum(p.stage == "scale_up" for p in ctx.pending)
         configs = _ranked_configs(ctx.history)
@@ -148,6 +165,18 @@ class MultiFidelityPlanner:
             else:
                 params = configs[0] if configs and not quiet else default_config(ctx)
                 source = "the best explored configuration" if configs and not quiet else "the default configuration"
+        return params, init, base, source
+
+    def _scale_up(self, ctx: PlanningContext, sz: Sizing) -> ExperimentPlan:
+        """Continue the champion with everything that is left (minus a small margin). With several
+        scale-up lanes (`schedule.scale_up_lanes`, default 1) on free GPUs, what is left is split among
+        that many continuations, each with another explored configuration's learning rate and batch
+        (the best first), and the best one wins. An LLM proposer plans the content of the run; its size
+        is the schedule's."""
+        if self.proposer is not None:
+            return self._llm_scale_up(ctx, sz)
+        running = sum(p.stage == "scale_up" for p in ctx.pending)
+        params, init, base, source = self._scale_up_choice(ctx)
         job_s = _lane_share(ctx, sz, running)
         steps = min(sz.max_steps, sz.steps_for_job(job_s, params["batch_size"], params["method"]))
         if steps < sz.min_steps:

@@ -53,6 +53,10 @@ class PlanningContext(BaseModel):
         None, description="Wall-clock seconds an experiment started now may take: what is left of "
         "budget.wall_time_minutes, less the final test. None: no wall-clock cap (a planner called on its own).")
     llm_dollars: float = Field(0.0, ge=0, description="The goal's LLM spend so far, in US dollars (LoopState.llm_dollars, the one counter).")
+    provisional: bool = Field(False, description=(
+        "Plan for a GPU's queue slot on the likely outcome of the job training there: `sizing` counts running "
+        "exploration trials at the cost of their first rung, and a scale-up need not wait for them. The loop "
+        "releases the plan when that job ends only if the planner still wants it then (`still_wanted`)."))
 
     def seen_plan_ids(self) -> set[str]:
         return {r.plan_id for r in self.history} | {p.plan_id() for p in self.pending}

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import ctypes
 import fcntl
+import functools
 import json
 import os
 import signal
@@ -59,16 +60,30 @@ def gpu_slot():
             yield time.time() - began
 
 
+@contextmanager
+def released_gpu_slot(hold: str, wait_s: float):
+    """A provisional experiment's GPU: the controller's word first (mlintern.release; JobWithdrawn if it
+    withdraws the job, or says nothing within `wait_s`), then `gpu_slot`. Yields the limits it released the
+    job with (None: its own)."""
+    from mlintern.release import wait_for_release
+
+    released = wait_for_release(hold, wait_s)
+    with gpu_slot():
+        yield released
+
+
 def use_worker() -> bool:
     """The persistent worker, unless a job needs several processes (accelerate) or it is turned off."""
     return get_settings().train_worker == "persistent" and not os.environ.get("INTERN_ACCELERATE_CONFIG")
 
 
 @task(name="train", cache_policy=NO_CACHE, retries=0, log_prints=True)
-def train(job: TrainJob, mlflow_run_id: str, tracking_uri: str, timeout_s: float) -> TrainOutcome:
+def train(job: TrainJob, mlflow_run_id: str, tracking_uri: str, timeout_s: float, hold: str | None = None,
+          hold_s: float = 0.0) -> TrainOutcome:
     """Train (with dev checks, pruning and the final dev score when the job asks for them). Failures
     come back as a classified TrainOutcome, not an exception, so the controller can diagnose and retry
-    with a changed plan."""
+    with a changed plan. `hold`: a provisional experiment's release (mlintern.release): the job is built,
+    then waits up to `hold_s` for the controller's word before it takes the GPU; JobWithdrawn if withdrawn."""
     logger = run_logger()
     settings = get_settings()
     out = Path(job.output_dir)
@@ -80,8 +95,14 @@ def train(job: TrainJob, mlflow_run_id: str, tracking_uri: str, timeout_s: float
     logger.info("training plan %s (%s, %d steps) on the %s path", job.plan.plan_id(), job.plan.stage,
                 job.plan.hyperparameters.max_steps, "persistent-worker" if use_worker() else "fresh-process")
     if use_worker():  # the worker builds the job first and takes the GPU (gpu_slot) only to train it
-        outcome = _on_worker(job, log_path, timeout_s)
+        gpu = gpu_slot if hold is None else functools.partial(released_gpu_slot, hold, hold_s)
+        outcome = _on_worker(job, log_path, timeout_s, gpu)
     else:
+        if hold is not None:
+            from mlintern.release import released_limits, wait_for_release
+
+            if (released := wait_for_release(hold, hold_s)) is not None:
+                job = job.model_copy(update={"fidelity": released_limits(job.fidelity, released)})
         with gpu_slot() as waited_s:
             began = time.time()
             outcome = _in_child(job, out, log_path, timeout_s)
@@ -94,13 +115,13 @@ def train(job: TrainJob, mlflow_run_id: str, tracking_uri: str, timeout_s: float
     return outcome
 
 
-def _on_worker(job: TrainJob, log_path: Path, timeout_s: float) -> TrainOutcome:
+def _on_worker(job: TrainJob, log_path: Path, timeout_s: float, gpu) -> TrainOutcome:
     from mlintern.worker.client import WorkerDied, WorkerTimeout, submit
     from mlintern.worker.protocol import WorkerRequest
 
     start = time.time()
     try:
-        reply = submit(WorkerRequest(kind="train", train=job, log_path=str(log_path)), timeout_s, gpu=gpu_slot)
+        reply = submit(WorkerRequest(kind="train", train=job, log_path=str(log_path)), timeout_s, gpu=gpu)
     except WorkerTimeout as exc:
         return TrainOutcome(status="failed", job_seconds=time.time() - start, job_started_at=start, failure=Failure(
             kind=FailureKind.timeout, message=f"training exceeded its {timeout_s:.0f}s limit: {exc}"))

@@ -2,12 +2,25 @@
 
 from __future__ import annotations
 
-from typing import Literal
+from typing import Literal, NamedTuple
 
 from pydantic import AliasChoices, BaseModel, Field
 
 from mlintern.evaluation.lmeval import EvalSpec
 from mlintern.schemas import CurvePoint, EvalScore, ExperimentPlan, Failure, Fidelity, LossTail
+
+
+class JobWithdrawn(Exception):
+    """The controller withdrew a provisional job before it took the GPU: what it was planned on changed
+    (the trial before it ran to its end and spent the exploration budget, or a new champion came in)."""
+
+
+class GateOpened(NamedTuple):
+    """A job built ahead of its GPU has it now (`at`, Unix time). `fidelity`: the limits the controller set
+    when it released the job (a provisional one), replacing those it was dispatched with; None: unchanged."""
+
+    at: float
+    fidelity: Fidelity | None = None
 
 
 class TrainJob(BaseModel):

@@ -84,6 +84,12 @@ class FidelityCallback(TrainerCallback):
             return 0.0
         return time.time() - self.started - self.eval_seconds
 
+    def update(self, fidelity: Fidelity) -> None:
+        """New limits before training starts (a provisional job released by the controller: its time cap and
+        pacing target for the budget now left, the pruner's peers as they are now)."""
+        self.fidelity = fidelity
+        self.trial = pruning_trial(fidelity) if fidelity.rung_seconds and self.evaluate else None
+
     def set_job_start(self, job_started: float | None) -> None:
         """The wall-clock time by which training must stop, so that the job ends within its limit."""
         self.deadline = (job_started + self.fidelity.job_limit_s - self.fidelity.tail_s

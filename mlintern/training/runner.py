@@ -20,9 +20,9 @@ import traceback
 from collections.abc import Callable
 from pathlib import Path
 
-from mlintern.schemas import Method
+from mlintern.schemas import Failure, FailureKind, Method
 from mlintern.training.callbacks import DivergenceError, DivergenceGuard, loss_tail
-from mlintern.training.job import TrainJob, TrainOutcome
+from mlintern.training.job import GateOpened, JobWithdrawn, TrainJob, TrainOutcome
 
 log = logging.getLogger("mlintern.training")
 
@@ -182,12 +182,16 @@ def _curve_logger(job: TrainJob):
     return log_point
 
 
-def run(job: TrainJob, faults: dict | None = None, cache=None, gate: Callable[[], float] | None = None) -> TrainOutcome:
+def run(job: TrainJob, faults: dict | None = None, cache=None,
+        gate: Callable[[], GateOpened] | None = None) -> TrainOutcome:
     """Train `job`, check dev at its rungs (pruning), score dev at the end and save, all from the
     weights in memory. Raises on failure (the caller classifies); returns the outcome otherwise.
 
     `gate` (the persistent worker's build-ahead) is called once the model is loaded and the trainer built;
-    it returns when this job has the GPU, and the job's clock (its time cap, `train_seconds`) starts then."""
+    it returns when this job has the GPU, and the job's clock (its time cap, `train_seconds`) starts then.
+    A provisional job's gate brings the limits the controller set when it released it: they replace the
+    job's (its time cap, pacing target and the pruner's peers), within the steps its rows were built for.
+    It raises JobWithdrawn if the controller withdrew the job instead."""
     from mlintern.evaluation.lmeval import evaluate_loaded
     from mlintern.selection import beats
     from mlintern.training.loading import load_for_training
@@ -221,7 +225,12 @@ def run(job: TrainJob, faults: dict | None = None, cache=None, gate: Callable[[]
     phases["build"] = time.time() - mark
     if gate is not None:  # built ahead of the GPU: the load and the build are outside the job, by the rows
         phases["ahead"] = time.time() - start
-        start = gate()
+        start, released = gate()
+        if released is not None:
+            from mlintern.release import released_limits
+
+            job = job.model_copy(update={"fidelity": released_limits(job.fidelity, released)})
+            fidelity.update(job.fidelity)
         fidelity.set_job_start(start)
     mark = time.time()
     result = trainer.train()
@@ -266,10 +275,13 @@ def run(job: TrainJob, faults: dict | None = None, cache=None, gate: Callable[[]
 
 
 def run_safely(job: TrainJob, faults: dict | None = None, cache=None,
-               gate: Callable[[], float] | None = None) -> TrainOutcome:
-    """`run`, with any exception turned into a classified failed outcome (the log keeps the traceback)."""
+               gate: Callable[[], GateOpened] | None = None) -> TrainOutcome:
+    """`run`, with any exception turned into a classified failed outcome (the log keeps the traceback).
+    A withdrawn job is not a failure of the job: it ends as one, with the reason, and no traceback."""
     try:
         return run(job, faults, cache, gate)
+    except JobWithdrawn as exc:
+        return TrainOutcome(status="failed", failure=Failure(kind=FailureKind.crash, message=str(exc)))
     except Exception as exc:  # classified from the type, message and traceback
         from mlintern.training.failures import classify
 

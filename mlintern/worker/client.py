@@ -16,9 +16,12 @@ from dataclasses import dataclass
 from multiprocessing.connection import Client
 from pathlib import Path
 
-from mlintern.worker.protocol import WarmJob, WorkerReply, WorkerRequest, runtime_dir, worker_key
+from mlintern.schemas import Fidelity
+from mlintern.training.job import JobWithdrawn
+from mlintern.worker.protocol import Go, WarmJob, WorkerReply, WorkerRequest, runtime_dir, worker_key
 
 log = logging.getLogger(__name__)
+WITHDRAW_TIMEOUT_S = 60.0  # a withdrawn job's answer: the worker frees the built trainer
 START_TIMEOUT_S = 300.0  # imports of torch + transformers + trl + lm-eval on a busy 2-core box
 _spawned: dict[str, subprocess.Popen] = {}  # workers this process started (their exit codes are ours to read)
 
@@ -174,7 +177,9 @@ def submit(req: WorkerRequest, timeout_s: float, queue_timeout_s: float | None =
 
     With `gpu` (a context manager that holds the device, tasks.train.gpu_slot), the job is gated: the
     worker loads and builds it first, then the GPU is taken and held until the answer, and only that part
-    counts in `job_seconds`. On a GPU a second worker builds the queued job while the first trains."""
+    counts in `job_seconds`. On a GPU a second worker builds the queued job while the first trains.
+    Where `gpu` yields a Fidelity (a provisional job's release), the job trains to it; where it raises
+    JobWithdrawn, the worker drops the built job and JobWithdrawn is raised here."""
     _reap()
     with _slot(queue_timeout_s if queue_timeout_s is not None else timeout_s) as p:
         if gpu is not None:
@@ -189,7 +194,7 @@ def _ask(p: WorkerPaths, req: WorkerRequest, timeout_s: float, kill_on_timeout: 
          gpu: Callable[[], AbstractContextManager] | None = None) -> WorkerReply | None:
     """Send `req` to the running worker, or to one started now (the caller holds the lock), and return
     its answer with `start_seconds` set; None when none came within `timeout_s` (the worker killed first
-    if `kill_on_timeout`). A gated job's `ready` is answered with b"go" once `gpu` is held; the time spent
+    if `kill_on_timeout`). A gated job's `ready` is answered with `Go` once `gpu` is held; the time spent
     waiting for it is not part of `timeout_s`."""
     try:
         conn, started_s = _connect(p), 0.0
@@ -197,7 +202,7 @@ def _ask(p: WorkerPaths, req: WorkerRequest, timeout_s: float, kill_on_timeout: 
         start = time.time()
         _spawn(p)
         conn, started_s = _connect(p), time.time() - start
-    waited, began = 0.0, None
+    waited, began, withdrawn = 0.0, None, None
     with conn, ExitStack() as held:
         conn.send_bytes(req.model_dump_json().encode())
         deadline = time.time() + timeout_s
@@ -213,11 +218,19 @@ def _ask(p: WorkerPaths, req: WorkerRequest, timeout_s: float, kill_on_timeout: 
             if not reply.ready:
                 break
             mark = time.time()
-            held.enter_context(gpu())
+            try:
+                released = held.enter_context(gpu())
+            except JobWithdrawn as exc:  # the worker drops the built job and answers; it stays up
+                withdrawn, deadline = exc, time.time() + WITHDRAW_TIMEOUT_S
+                conn.send_bytes(Go(withdraw=True).model_dump_json().encode())
+                continue
             began = time.time()
             waited = began - mark
             deadline += waited
-            conn.send_bytes(b"go")
+            conn.send_bytes(Go(fidelity=released if isinstance(released, Fidelity) else None)
+                            .model_dump_json().encode())
+    if withdrawn is not None:
+        raise withdrawn
     reply.start_seconds, reply.gpu_wait_seconds, reply.gpu_started_at = started_s, waited, began
     return reply
 

@@ -11,7 +11,7 @@ from typing import Literal
 from pydantic import BaseModel
 
 from mlintern.evaluation.lmeval import EvalSpec
-from mlintern.schemas import EvalScore
+from mlintern.schemas import EvalScore, Fidelity
 from mlintern.training.job import TrainJob, TrainOutcome
 
 
@@ -35,8 +35,17 @@ class WorkerRequest(BaseModel):
     warm: WarmJob | None = None
     log_path: str | None = None  # the job's own log (stdout and stderr of the job go there)
     # Build ahead: the worker loads the model and builds the trainer, answers `ready`, and trains only when
-    # the client, holding the GPU, sends b"go" (an evaluation waits for it before it starts).
+    # the client, holding the GPU, sends `Go` (an evaluation waits for it before it starts).
     gate: bool = False
+
+
+class Go(BaseModel):
+    """The client's answer to a gated job's `ready`: it holds the GPU now, so train (with `fidelity`, the limits
+    the controller set when it released a provisional job, where given); or `withdraw`: the job is not wanted
+    after all and ends without touching the GPU (the worker stays up for the next one)."""
+
+    fidelity: Fidelity | None = None
+    withdraw: bool = False
 
 
 class WorkerReply(BaseModel):

@@ -15,12 +15,12 @@ import sys
 import threading
 import time
 import traceback
-from collections.abc import Callable
 from contextlib import contextmanager
 from multiprocessing.connection import Connection, Listener
 from pathlib import Path
 
-from mlintern.worker.protocol import WorkerReply, WorkerRequest
+from mlintern.training.job import GateOpened, JobWithdrawn
+from mlintern.worker.protocol import Go, WorkerReply, WorkerRequest
 
 log = logging.getLogger("mlintern.worker")
 _FATAL = ("CUDA error", "device-side assert", "illegal memory access", "CUBLAS_STATUS_EXECUTION_FAILED",
@@ -68,35 +68,30 @@ class Worker:
             (self.folder / name).unlink(missing_ok=True)
         os._exit(code)
 
-    def watch_client(self, conn: Connection, done: threading.Event, go: threading.Event) -> None:
+    def watch_client(self, conn: Connection, done: threading.Event, gate: Gate) -> None:
         """The client that sent the running job went away (its controller was killed): stop at once,
-        so nothing more is written for a job nobody waits for. Its b"go" (it holds the GPU now) opens
-        the gate of a gated job."""
+        so nothing more is written for a job nobody waits for. Its `Go` (it holds the GPU now, or it
+        withdraws the job) opens the gate of a gated job."""
         while not done.is_set():
             try:
-                if conn.poll(0.2) and not done.is_set() and conn.recv_bytes() == b"go":
-                    go.set()
+                if conn.poll(0.2) and not done.is_set():
+                    gate.answer(Go.model_validate_json(conn.recv_bytes()))
             except (EOFError, OSError):
                 if not done.is_set():
                     log.warning("client disconnected mid-job: exiting")
                     self._exit(3)
                 return
+            except ValueError as exc:  # not a Go: a client of another version
+                log.warning("bad message from the client mid-job (%s): exiting", exc)
+                self._exit(3)
 
-    def handle(self, req: WorkerRequest, gate: Callable[[], float] | None = None) -> tuple[WorkerReply, bool]:
+    def handle(self, req: WorkerRequest, gate: Gate | None = None) -> tuple[WorkerReply, bool]:
         """Run one job; returns the reply and whether the worker must exit after answering. A gated job
         calls `gate` when it is ready for the GPU (training: after the model's load and the trainer's
         build) and its `job_seconds` count from when the gate opened."""
         from mlintern.training.runner import run_safely
 
         start = time.time()
-        opened: list[float] = []
-        if gate is not None:
-            def gate_once() -> float:
-                if not opened:
-                    opened.append(gate())
-                return opened[0]
-        else:
-            gate_once = None
         for key in ("MLFLOW_RUN_ID", "MLFLOW_TRACKING_URI"):  # never log into the previous job's run
             os.environ.pop(key, None)
         if req.kind == "ping":
@@ -105,19 +100,19 @@ class Worker:
             return self._warm(req), False
         try:
             if req.kind == "train":
-                outcome = run_safely(req.train, cache=self.cache, gate=gate_once)
+                outcome = run_safely(req.train, cache=self.cache, gate=gate)
                 reply = WorkerReply(ok=True, outcome=outcome)
                 fatal = outcome.failure is not None and any(m in outcome.failure.message + outcome.failure.log_tail
                                                             for m in _FATAL)
             else:
-                if gate_once is not None:
-                    gate_once()
+                if gate is not None:
+                    gate()
                 reply = WorkerReply(ok=True, score=self._evaluate(req))
                 fatal = False
         except Exception as exc:  # an evaluation error: reported, the worker goes on
             traceback.print_exc()
             reply, fatal = WorkerReply(ok=False, error=f"{type(exc).__name__}: {exc}"), False
-        reply.job_seconds = time.time() - (opened[0] if opened else start)
+        reply.job_seconds = time.time() - (gate.opened_at if gate is not None and gate.opened_at else start)
         reply.worker_pid, reply.jobs_done, reply.cache_hits = os.getpid(), self.jobs_done, self.cache.hits
         self.jobs_done += 1
         self._release()
@@ -221,17 +216,31 @@ def warm_up() -> None:
             import liger_kernel.transformers  # noqa: F401
 
 
-def _gate(conn: Connection, go: threading.Event) -> Callable[[], float]:
-    """Tell the client the job is built, then wait for its b"go" (it has the GPU); returns when it came.
-    A client that leaves meanwhile ends the worker (watch_client)."""
-    def gate() -> float:
-        began = time.time()
-        conn.send_bytes(WorkerReply(ok=True, ready=True).model_dump_json().encode())
-        go.wait()
-        log.info("job built; waited %.1f s for the GPU", time.time() - began)
-        return time.time()
+class Gate:
+    """A gated job's gate: tell the client the job is built, then wait for its `Go` (it has the GPU, or it
+    withdraws the job). A client that leaves meanwhile ends the worker (watch_client)."""
 
-    return gate
+    def __init__(self, conn: Connection):
+        self.conn = conn
+        self.answered = threading.Event()
+        self.go: Go | None = None
+        self.opened_at: float | None = None
+
+    def answer(self, go: Go) -> None:
+        self.go = go
+        self.answered.set()
+
+    def __call__(self) -> GateOpened:
+        began = time.time()
+        self.conn.send_bytes(WorkerReply(ok=True, ready=True).model_dump_json().encode())
+        self.answered.wait()
+        if self.go.withdraw:
+            log.info("job built, then withdrawn by the controller after %.1f s: it ends without the GPU",
+                     time.time() - began)
+            raise JobWithdrawn("withdrawn by the controller before it took the GPU")
+        log.info("job built; waited %.1f s for the GPU", time.time() - began)
+        self.opened_at = time.time()
+        return GateOpened(self.opened_at, self.go.fidelity)
 
 
 def serve(folder: Path, owner: int | None, idle_s: float) -> None:
@@ -264,12 +273,12 @@ def serve(folder: Path, owner: int | None, idle_s: float) -> None:
             conn.close()
             continue
         worker.busy = True
-        done, go = threading.Event(), threading.Event()
-        watcher = threading.Thread(target=worker.watch_client, args=(conn, done, go), daemon=True)
+        done, gate = threading.Event(), Gate(conn)
+        watcher = threading.Thread(target=worker.watch_client, args=(conn, done, gate), daemon=True)
         if req.kind in ("train", "eval"):  # a warm-up whose flow run ended early is not worth dying for
             watcher.start()
         with job_output(req.log_path):
-            reply, fatal = worker.handle(req, _gate(conn, go) if req.gate and watcher.is_alive() else None)
+            reply, fatal = worker.handle(req, gate if req.gate and watcher.is_alive() else None)
         done.set()
         if watcher.is_alive():
             watcher.join()
