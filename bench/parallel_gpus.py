@@ -104,6 +104,24 @@ def controller_marks(flow_run_id: str, start: float) -> dict:
     return marks
 
 
+def provisional_lines(flow_run_id: str, start: float) -> list[str]:
+    """The controller's log lines on provisional experiments (queued, released, withdrawn), timed from the
+    trigger."""
+    from prefect.client.orchestration import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId
+
+    logs: list = []
+    with get_client(sync_client=True) as prefect:
+        while True:  # the server answers 200 at most at a time
+            page = prefect.read_logs(log_filter=LogFilter(flow_run_id=LogFilterFlowRunId(any_=[flow_run_id])),
+                                     limit=200, offset=len(logs))
+            logs += page
+            if len(page) < 200:
+                break
+    return [f"{log.timestamp.timestamp() - start:.1f} {log.message[:200]}" for log in logs
+            if log.message.startswith("provisional ")]
+
+
 def _spans(timeline: list[dict], gpu: str, span: str) -> list[tuple[float, float]]:
     a, b = ("t_start", "t_end") if span == "run" else ("t_job_start", "t_job_end")
     return sorted((r[a], r[b]) for r in timeline if r.get("gpu") == gpu and r.get(a) is not None and r.get(b) is not None)
@@ -204,7 +222,8 @@ def main() -> None:
     result = {"device": _device_names(), "queue_depth": get_settings().queue_depth,
               "gpus": len(gpus), "budget_s": args.budget, "state": flow_run.state.name if flow_run.state else None,
               "wall_s": round(end - start, 1), "gpu": busy_fractions(smi, start, end),
-              "controller": controller_marks(str(flow_run.id), start)}
+              "controller": controller_marks(str(flow_run.id), start),
+              "provisional": provisional_lines(str(flow_run.id), start)}
     if report:
         exps = report["experiments"]
         result.update({

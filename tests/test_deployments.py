@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import json
 import os
+import re
 import shutil
 import signal
 import socket
@@ -563,6 +564,13 @@ def test_a_gpu_prepares_its_next_experiment_while_one_trains(tmp_path, monkeypat
                  after["phases"]["gpu_wait"] > 0 and before["job_started_at"] + before["job_seconds"] > scored]
     assert handovers and max(handovers) < 5.0, ("queued handovers after the base scores", handovers, [
         (e["job_started_at"] - first_dispatch, e["job_seconds"], e["phases"]) for e in results])
+    # the scale-up waits for the last trial's result, so nothing was queued behind that trial: a provisional
+    # scale-up was (planned on the champion then), built while the trial trained, and released when it ended
+    log = "".join(f.read_text() for f in (tmp_path / "workers").glob("controller-*.log"))
+    assert re.search(r"provisional scale_up \w+ queued behind", log) and re.search(r"provisional scale_up \w+: released", log)
+    last, up = results[-2], results[-1]
+    assert up["job_started_at"] - (last["job_started_at"] + last["job_seconds"]) < 5.0, (
+        "the scale-up took the GPU within seconds of the last trial's end", last["phases"], up["phases"])
 
 
 # --------------------------------------------------------------------------- PostgreSQL scale-out

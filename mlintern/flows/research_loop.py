@@ -265,10 +265,10 @@ def _live(in_flight: dict[Future, Flight]) -> list[Flight]:
 
 
 def _may_speculate(state: LoopState, flights: list[Flight], lane: int) -> bool:
-    """A provisional plan goes only behind a job the loop is sure of (not behind another provisional one),
-    and not while a failure waits for its fix."""
+    """A provisional plan goes only behind a job the loop is sure of (not behind a provisional one without
+    its word), and not while a failure waits for its fix."""
     ahead = [f for f in flights if f.lane == lane]
-    return bool(ahead) and all(f.hold is None for f in ahead) and state.pending_failure() is None
+    return bool(ahead) and all(f.hold is None or f.word == "released" for f in ahead) and state.pending_failure() is None
 
 
 def _next_up(in_flight: dict[Future, Flight]) -> list[Flight]:
