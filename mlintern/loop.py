@@ -111,6 +111,13 @@ class LoopState:
         return self.wall_left_s() - ahead_s - final_reserve_s(self.goal, self.throughput(), self.overhead_s(rows),
                                                               tests=self.final_tests())
 
+    def built_wall_s(self) -> float:
+        """Wall-clock seconds the job of an experiment already built may take from now (a provisional one,
+        released): its rows and trainer are done, so only the final tests and a job's fixed after-part are
+        kept back. Keeping back its preparation again ended a 14-minute loop 60 s early (bench/RESULTS.md
+        part 18)."""
+        return self.wall_left_s() - final_reserve_s(self.goal, self.throughput(), 0.0, tests=self.final_tests())
+
     def final_tests(self) -> int:
         """Held-out test evaluations still to come after the last experiment: the champion's, and the base
         model's unless its measurement beside the loop has ended well."""

@@ -290,7 +290,7 @@ def decide(flight: Flight, planner: Planner, state: LoopState, bench: PreparedBe
             and (plan.init_from != "champion" or champion == flight.based_on))
     if keep:
         fidelity = fidelity_for(plan, state.goal, state.sizing(pending), state.history, state.rungs, lanes=capacity,
-                                wall_s=state.experiment_wall_s(0.0, plan.dataset.num_examples),
+                                wall_s=state.built_wall_s(),
                                 confirm_above=state.best if bench.confirm_task and state.baseline_known() else None)
         give_release(flight.hold, Release(fidelity=fidelity))
         flight.word, flight.job_limit_s = "released", fidelity.job_limit_s or flight.job_limit_s
