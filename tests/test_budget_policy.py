@@ -591,6 +591,13 @@ def test_an_experiment_that_builds_more_rows_is_expected_to_take_longer_outside_
     built = rows(trial, 2000).model_copy(update={"phases": {**trial.phases, "data": 5.0, "ahead": 7.0}})
     ahead.note_overhead(built.job_seconds + 25.0, built)
     assert ahead.overhead_s(7600) == pytest.approx(25.0 + 5600 * 0.006)  # 6 ms a row: 2.5 to build, 3.5 to tokenize
+    # a provisional experiment released when its GPU frees has built its rows and trainer already: its job
+    # may use the wall clock up to the final tests (part 18: keeping its 55 s preparation back a second
+    # time ended a 14-minute loop 60 s early)
+    wall = ahead.wall_left_s()
+    assert ahead.built_wall_s() == pytest.approx(wall - 14.0 - GPU.fixed_s, abs=0.5)
+    assert ahead.built_wall_s() - ahead.experiment_wall_s(rows=7600) == pytest.approx(25.0 + 5600 * 0.006 - GPU.fixed_s,
+                                                                                    abs=0.5)
 
 
 def test_the_next_experiment_goes_to_the_gpu_lane_that_frees_first():
