@@ -664,6 +664,15 @@ def test_a_queue_slot_behind_a_running_trial_gets_a_provisional_plan_kept_only_i
         planner.propose(ctx(goal, pruned, champion=champion, pending=[last]))
     up = nxt
     assert up.stage == "scale_up" and up.init_from == "champion"
+    # with two trials still out (one on each GPU), or none finished, the choice is open: no provisional
+    # scale-up (2 CPU lanes built the defaults' scale-up before any result, and withdrew it)
+    other_gpu = last.model_copy(update={"rationale": "the trial on the other GPU"})
+    with pytest.raises(PlannerWaiting, match="2 exploration trial"):
+        planner.propose(provisional_ctx(goal, pruned, champion, pending=[last, other_gpu]))
+    lone = [planner.propose(ctx(goal))]
+    squeezed = provisional_ctx(goal, pending=lone).model_copy(update={"experiments_left": 1})
+    with pytest.raises(PlannerWaiting, match="1 exploration trial"):
+        planner.propose(squeezed)
     quiet = pruned + [simulated(last, 0.1, status="pruned", stop_at_s=5)]
     assert planner.still_wanted(up, ctx(goal, quiet, champion=champion)), "the winner stands: released"
     won = simulated(last, 0.9)

@@ -144,6 +144,24 @@ def test_sigkill_mid_job_is_a_failed_job_and_the_next_job_gets_a_new_worker(job_
     assert train.fn(again, run2, get_settings().resolved_tracking_uri(), 900).status == "succeeded"
 
 
+@pytest.mark.slow
+def test_a_job_that_dies_on_the_gpu_is_charged_from_when_it_had_the_gpu(job_for, intern_env, monkeypatch,
+                                                                        prefect_harness):
+    """A gated job (build-ahead, on a GPU) that kills its worker mid-training is charged from when it took the
+    GPU, not from its submission: its worker's start, model load and trainer build held no GPU."""
+    from mlintern.tasks.train import train
+
+    monkeypatch.setenv("INTERN_GPU_ID", "4")
+    monkeypatch.setenv("INTERN_RUNTIME_DIR", str(intern_env / "rt"))
+    job, run_id = job_for("killed-gated", steps=3, faults={"die_at_step": 1})
+    submitted = time.time()
+    outcome = train.fn(job, run_id, get_settings().resolved_tracking_uri(), 900)
+    assert outcome.status == "failed" and "code -9 during the job" in outcome.failure.message
+    assert outcome.job_started_at > submitted + 0.5, "the build before the GPU is not charged"
+    assert outcome.job_seconds < time.time() - submitted - 0.5
+    client.stop()
+
+
 def test_worker_dies_with_its_client_mid_job(job_for, intern_env):
     """A killed controller must not leave its job training on: the worker exits when the client goes."""
     job, _ = job_for("orphan", steps=400)
@@ -303,7 +321,7 @@ def test_a_provisional_job_waits_built_for_its_word_then_trains_to_its_release_o
     name, marks = release_name("goal", "released"), {}
 
     def word():
-        time.sleep(20)
+        time.sleep(12)
         marks["given"] = time.time()
         give(name, Release(fidelity=Fidelity(time_limit_s=0.001)))  # one step, then the cap
 

@@ -67,7 +67,7 @@ class MultiFidelityPlanner:
         if self.exploring(ctx, sz):
             return self._explore(ctx, sz)
         trials = sum(p.stage == "explore" for p in ctx.pending)
-        if trials and not ctx.provisional and not (
+        if trials and not _provisional_scale_up(ctx, trials) and not (
                 ctx.champion is not None and scale_up_lanes(ctx, sz) > 1 and ctx.gpu_free_in_s == 0):
             # a scale-up continues the exploration's winner, so it waits for the trials still running
             # (on 2 lanes one started from the base model beside the only trial and overspent: part 10d).
@@ -76,8 +76,8 @@ class MultiFidelityPlanner:
             # continues the winner so far, and the lanes freed later continue the final one. A queue slot
             # behind a running job is not a free GPU: a scale-up planned there was fixed a minute before it
             # could start, on the one result then in (2 x H200: 111 GPU-s continuing a dev-0.08 trial
-            # while a dev-0.54 one was finishing, bench/RESULTS.md part 14). A provisional plan may: the
-            # loop releases it only if the trials' results leave the choice as it was (`still_wanted`).
+            # while a dev-0.54 one was finishing, bench/RESULTS.md part 14). A provisional plan may, behind
+            # the last trial: the loop releases it only if that trial leaves the choice as it was.
             raise PlannerWaiting(f"waiting for {trials} exploration trial(s) to finish before scaling up their winner")
         running = sum(p.stage == "scale_up" for p in ctx.pending)
         if running and running >= scale_up_lanes(ctx, sz):
@@ -240,6 +240,15 @@ def fast_path(plan: ExperimentPlan, ctx: PlanningContext, sz: Sizing, job_s: flo
     return plan.model_copy(update={"hyperparameters": packed, "dataset": dataset, "rationale": plan.rationale + (
         f" Long run: packed rows ({rows_per_step} x {hp.max_length} tokens, about {hp.per_device_batch_size} "
         "examples a step), flex attention and Liger.")})
+
+
+def _provisional_scale_up(ctx: PlanningContext, trials: int) -> bool:
+    """A provisional scale-up is worth building only behind the one trial still running, on a winner chosen
+    from finished trials: with several trials out (one on each GPU), or none finished, the choice is still
+    open, and it would be withdrawn (2 CPU lanes: the provisional scale-up of the defaults, planned before any
+    result, was)."""
+    return ctx.provisional and trials == 1 and any(
+        r.plan.stage == "explore" and r.status != "failed" for r in ctx.history)
 
 
 def no_signal(ctx: PlanningContext) -> bool:

@@ -122,14 +122,18 @@ def _on_worker(job: TrainJob, log_path: Path, timeout_s: float, gpu) -> TrainOut
     start = time.time()
     try:
         reply = submit(WorkerRequest(kind="train", train=job, log_path=str(log_path)), timeout_s, gpu=gpu)
+    # a failed job is charged from when it had the GPU (a gated job's build and its wait for the GPU are not
+    # accelerator time), or from its submission where it died before it had it
     except WorkerTimeout as exc:
-        return TrainOutcome(status="failed", job_seconds=time.time() - start, job_started_at=start, failure=Failure(
+        began = exc.gpu_started_at or start
+        return TrainOutcome(status="failed", job_seconds=time.time() - began, job_started_at=began, failure=Failure(
             kind=FailureKind.timeout, message=f"training exceeded its {timeout_s:.0f}s limit: {exc}"))
     except WorkerDied as exc:
         tail = _tail(log_path)
         failure = classify(None, tail, exit_code=-9 if "code -9" in str(exc) else None)
         failure.message = f"{exc}: {failure.message}"
-        return TrainOutcome(status="failed", job_seconds=time.time() - start, job_started_at=start, failure=failure)
+        began = exc.gpu_started_at or start
+        return TrainOutcome(status="failed", job_seconds=time.time() - began, job_started_at=began, failure=failure)
     outcome = reply.outcome
     outcome.job_seconds = reply.job_seconds
     outcome.phases["gpu_wait"] = round(reply.gpu_wait_seconds, 3)

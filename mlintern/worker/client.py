@@ -27,11 +27,20 @@ _spawned: dict[str, subprocess.Popen] = {}  # workers this process started (thei
 
 
 class WorkerDied(RuntimeError):
-    """The worker process ended during the job (SIGKILL, the OOM killer, a hard crash)."""
+    """The worker process ended during the job (SIGKILL, the OOM killer, a hard crash). `gpu_started_at`:
+    when a gated job had taken the GPU (None: before it did), where the budget's count of it starts."""
+
+    def __init__(self, message: str, gpu_started_at: float | None = None):
+        super().__init__(message)
+        self.gpu_started_at = gpu_started_at
 
 
 class WorkerTimeout(RuntimeError):
-    """The job outran its timeout; the worker was killed."""
+    """The job outran its timeout; the worker was killed. `gpu_started_at` as for WorkerDied."""
+
+    def __init__(self, message: str, gpu_started_at: float | None = None):
+        super().__init__(message)
+        self.gpu_started_at = gpu_started_at
 
 
 @dataclass
@@ -210,11 +219,13 @@ def _ask(p: WorkerPaths, req: WorkerRequest, timeout_s: float, kill_on_timeout: 
             if not conn.poll(max(0.0, deadline - time.time())):
                 if kill_on_timeout:
                     kill(p)
+                    raise WorkerTimeout(f"the job outran its {timeout_s:.0f} s limit; its training worker was "
+                                        "killed", began)
                 return None
             try:
                 reply = WorkerReply.model_validate_json(conn.recv_bytes())
             except (EOFError, OSError):
-                raise WorkerDied(_death_message(p)) from None
+                raise WorkerDied(_death_message(p), began) from None
             if not reply.ready:
                 break
             mark = time.time()
