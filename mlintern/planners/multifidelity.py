@@ -56,14 +56,8 @@ class MultiFidelityPlanner:
         if ctx.failure is not None and ctx.failure_plan is not None:
             return self._fix(ctx)
         sz = ctx.size()
-        cheapest = sz.job_seconds(sz.min_steps, sz.batch_sizes[-1])
-        if sz.left_s < cheapest:
-            raise PlannerDone(f"budget spent: {sz.used_s:.0f} of {sz.budget_s:.0f} accelerator-seconds used "
-                              f"({sz.used_s / sz.budget_s:.0%}); {sz.left_s:.0f} s cannot fund another experiment")
-        if ctx.wall_left_s is not None and ctx.wall_left_s < cheapest:
-            raise PlannerDone(f"wall-clock budget spent: {max(0.0, ctx.wall_left_s):.0f} s left before the final "
-                              f"test cannot fit another experiment ({cheapest:.0f} s at least); "
-                              f"{sz.used_s:.0f} of {sz.budget_s:.0f} accelerator-seconds used")
+        if (spent := _unfunded(ctx, sz)) is not None:
+            raise PlannerDone(spent)
         if self.exploring(ctx, sz):
             return self._explore(ctx, sz)
         trials = sum(p.stage == "explore" for p in ctx.pending)
@@ -119,8 +113,7 @@ class MultiFidelityPlanner:
         exploration budget still funds one; a scale-up once exploring is over, of the configuration that
         would be chosen now. Its size is not judged here: the loop releases it with the limits of now."""
         sz = ctx.size()
-        cheapest = sz.job_seconds(sz.min_steps, sz.batch_sizes[-1])
-        if sz.left_s < cheapest or (ctx.wall_left_s is not None and ctx.wall_left_s < cheapest):
+        if _unfunded(ctx, sz) is not None:
             return False
         if plan.stage == "explore":
             return self.exploring(ctx, sz)
@@ -240,6 +233,20 @@ def fast_path(plan: ExperimentPlan, ctx: PlanningContext, sz: Sizing, job_s: flo
     return plan.model_copy(update={"hyperparameters": packed, "dataset": dataset, "rationale": plan.rationale + (
         f" Long run: packed rows ({rows_per_step} x {hp.max_length} tokens, about {hp.per_device_batch_size} "
         "examples a step), flex attention and Liger.")})
+
+
+def _unfunded(ctx: PlanningContext, sz: Sizing) -> str | None:
+    """Why no experiment can be funded any more (the accelerator budget, or the wall clock before the final
+    test, is below the cheapest one), or None."""
+    cheapest = sz.job_seconds(sz.min_steps, sz.batch_sizes[-1])
+    if sz.left_s < cheapest:
+        return (f"budget spent: {sz.used_s:.0f} of {sz.budget_s:.0f} accelerator-seconds used "
+                f"({sz.used_s / sz.budget_s:.0%}); {sz.left_s:.0f} s cannot fund another experiment")
+    if ctx.wall_left_s is not None and ctx.wall_left_s < cheapest:
+        return (f"wall-clock budget spent: {max(0.0, ctx.wall_left_s):.0f} s left before the final "
+                f"test cannot fit another experiment ({cheapest:.0f} s at least); "
+                f"{sz.used_s:.0f} of {sz.budget_s:.0f} accelerator-seconds used")
+    return None
 
 
 def _provisional_scale_up(ctx: PlanningContext, trials: int) -> bool:
