@@ -8,6 +8,11 @@ the same run. Part 12 of bench/RESULTS.md found the build at 65-121 s of 142-221
 `--packed` builds a long GPU run's trainer instead (packed rows, flex attention, Liger: the scale-up's
 fast path), twice in one process, the first under cProfile: part 13 measured 22.6 s for a scale-up's
 build in the loop, against 0.9-4.1 s for its unpacked trials.
+
+`--lazy STEPS` builds the same trainer eagerly (every row tokenized before the first step) and lazily
+(mlintern.training.sft.tokenize_lazily: DataLoader processes tokenize as training reads), each on a fresh
+copy of the model, and trains STEPS steps with each, after an untimed warm-up run: the build each saves
+against what the lazy one costs per step (part 18 measured a 132,000-row build at 36.5 s, the GPU idle).
 """
 
 from __future__ import annotations
@@ -41,6 +46,9 @@ def main() -> None:
     ap.add_argument("--device", default="auto")
     ap.add_argument("--out", default=None)
     ap.add_argument("--packed", action="store_true", help="the scale-up's packed trainer, cold then warm, profiled")
+    ap.add_argument("--lazy", type=int, default=0, metavar="STEPS",
+                    help="eager against lazy tokenization: build, then train STEPS steps with each")
+    ap.add_argument("--batch", type=int, default=64, help="--lazy's per-device batch (the loop's trials: 64)")
     ap.add_argument("--procs", default=None,
                     help="comma-separated dataset_num_proc arms, the first the baseline (default: 1, then the "
                          "project's dataset_procs for these rows)")
@@ -56,6 +64,8 @@ def main() -> None:
     built = build_training_data(DatasetRecipe(num_examples=args.rows, seed=7), Method.sft, bench, work_dir=work)
     if args.packed:
         return packed_builds(args, work, model_dir, built)
+    if args.lazy:
+        return lazy_against_eager(args, work, model_dir, built)
     model, tok = load_for_training(model_dir)
     plan = ExperimentPlan(hyperparameters={"max_steps": 10, "per_device_batch_size": 8, "max_length": 256})
     times = {}
@@ -131,6 +141,55 @@ def packed_builds(args, work: Path, model_dir: str, built) -> None:
     print(profile[:6000])
     if args.out:
         Path(args.out).write_text(json.dumps(result | {"profile": profile}, indent=1))
+
+
+def lazy_against_eager(args, work: Path, model_dir: str, built) -> None:
+    """Build and train the same job with eager and with lazy tokenization (INTERN_LAZY_TOKENIZE), in one
+    process: the build's seconds, the training's steps per second, and the two against each other."""
+    import torch
+    from transformers.integrations import MLflowCallback
+
+    from mlintern.schemas import ExperimentPlan
+    from mlintern.training.job import TrainJob
+    from mlintern.training.loading import load_for_training
+    from mlintern.training.sft import build_sft_trainer
+
+    def run(label: str, lazy: str, steps: int, rows_file: Path) -> dict:
+        os.environ["INTERN_LAZY_TOKENIZE"] = lazy
+        model, tok = load_for_training(model_dir)
+        plan = ExperimentPlan(hyperparameters={"max_steps": steps, "per_device_batch_size": args.batch, "max_length": 256,
+                                               "learning_rate": 1e-4})
+        job = TrainJob(plan=plan, model_path=model_dir, data_path=str(rows_file), output_dir=str(work / label),
+                       device=args.device)
+        start = time.time()
+        trainer = build_sft_trainer(job, [], model, tok)
+        trainer.remove_callback(MLflowCallback)
+        build = time.time() - start
+        start = time.time()
+        out = trainer.train()
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        train = time.time() - start
+        del trainer, model
+        return {"build_s": round(build, 2), "train_s": round(train, 2), "steps": int(out.global_step),
+                "steps_per_s": round(out.global_step / train, 3), "total_s": round(build + train, 2)}
+
+    small = work / "warmup.jsonl"
+    small.write_text("".join(Path(built.path).read_text().splitlines(keepends=True)[:2000]))
+    warmup = run("warmup", "0", 20, small)
+    arms = {}
+    for label, lazy in (("eager", "0"), ("lazy", "1")):
+        data = work / f"{label}.jsonl"  # its own file: datasets would reuse the other's cache
+        data.write_bytes(Path(built.path).read_bytes())
+        arms[label] = run(label, lazy, args.lazy, data)
+    result = {"host": platform.node(), "cpus": os.cpu_count(),
+              "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
+              "rows": built.rows_after, "warmup": warmup, "arms": arms,
+              "lazy_over_eager": {k: round(arms["lazy"][k] / arms["eager"][k], 3)
+                                  for k in ("build_s", "steps_per_s", "total_s")}}
+    print(json.dumps(result, indent=1))
+    if args.out:
+        Path(args.out).write_text(json.dumps(result, indent=1))
 
 
 if __name__ == "__main__":

@@ -216,3 +216,35 @@ def test_a_large_training_set_is_tokenized_by_several_processes_into_the_same_ro
         assert trainer.args.dataset_num_proc == (None if procs == "1" else 2)
         built[procs] = trainer.train_dataset.to_list()
     assert built["1"] == built["2"] and len(built["1"]) == 600
+
+
+def test_lazily_tokenized_rows_are_the_eagerly_tokenized_ones(intern_env, monkeypatch, smol_model):
+    """A large set on a GPU is tokenized as training reads it (a provisional scale-up's eager build of
+    132,000 rows held the GPU idle 15 s, bench/RESULTS.md part 18): the trainer sees the same rows, in
+    a shuffled order, prepared by its DataLoader's processes."""
+    from mlintern.training.loading import load_for_training
+    from mlintern.training.sft import LAZY_LOADERS, LAZY_MIN_ROWS, build_sft_trainer, tokenize_lazily
+
+    assert not tokenize_lazily(LAZY_MIN_ROWS - 1, "cpu") and not tokenize_lazily(10 * LAZY_MIN_ROWS, "cpu")
+    model, tok = load_for_training(smol_model)
+    plan = ExperimentPlan(hyperparameters={"max_steps": 2, "per_device_batch_size": 2, "max_length": 64})
+    data = sft_rows(intern_env / "rows.jsonl", n=300)
+    built = {}
+    for forced in ("0", "1"):
+        monkeypatch.setenv("INTERN_LAZY_TOKENIZE", forced)
+        job = TrainJob(plan=plan, model_path=smol_model, data_path=data, output_dir=str(intern_env / f"out{forced}"),
+                       device="cpu")
+        trainer = build_sft_trainer(job, [], model, tok)
+        assert trainer.args.dataloader_num_workers == (LAZY_LOADERS if forced == "1" else 0)
+        built[forced] = [(r["input_ids"], r["labels"]) for r in trainer.train_dataset]
+    assert len(built["1"]) == 300 and sorted(built["1"]) == sorted(built["0"])
+    assert built["1"] != built["0"], "read in a shuffled order, not the file's"
+
+
+def test_a_lazily_tokenized_packed_run_trains_past_the_end_of_its_rows(intern_env, monkeypatch, smol_model):
+    """An iterable training set has no length: the run must still train its steps when they need more
+    rows than there are (a second pass), through the DataLoader's processes."""
+    monkeypatch.setenv("INTERN_LAZY_TOKENIZE", "1")
+    code, outcome, run, client = run_job(intern_env, monkeypatch, smol_model, packing=True, max_steps=6)
+    assert code == 0 and outcome["status"] == "succeeded", outcome
+    assert outcome["steps"] == 6, outcome

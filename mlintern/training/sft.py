@@ -2,8 +2,13 @@
 
 from __future__ import annotations
 
+import os
+
 from mlintern.training.common import base_args, dataset_procs, load_jsonl, lora_config, resolve_device
 from mlintern.training.job import TrainJob
+
+LAZY_MIN_ROWS = 8000  # below this the whole set tokenizes in about a second before the first step
+LAZY_LOADERS = 2  # DataLoader processes tokenizing ahead of the GPU (an H200 step of SmolLM2 needs ~400 rows/s)
 
 
 def attn_implementation(job: TrainJob) -> str | None:
@@ -24,13 +29,19 @@ def build_sft_trainer(job: TrainJob, callbacks: list, model, tokenizer):
     hp = job.plan.hyperparameters
     extra = {"packing": True} if hp.packing else {}
     rows = load_jsonl(job.data_path)
+    lazy = tokenize_lazily(len(rows), job.device)
+    loader = {"dataloader_num_workers": LAZY_LOADERS} if lazy else {}
     args = SFTConfig(
-        **base_args(job),
+        **base_args(job) | loader,
         max_length=hp.max_length,
         completion_only_loss=True,
-        dataset_num_proc=dataset_procs(len(rows)),
+        dataset_num_proc=None if lazy else dataset_procs(len(rows)),
         **extra,
     )
+    if lazy:
+        # the rows in a fixed random order (an iterable is read in order), in shards that the DataLoader's
+        # processes tokenize (and pack) as training reads them
+        rows = rows.shuffle(seed=job.seed).to_iterable_dataset(num_shards=min(len(rows), 4 * LAZY_LOADERS))
     return SFTTrainer(
         model=model,
         processing_class=tokenizer,
@@ -39,3 +50,16 @@ def build_sft_trainer(job: TrainJob, callbacks: list, model, tokenizer):
         peft_config=lora_config(hp),
         callbacks=callbacks,
     )
+
+
+def tokenize_lazily(rows: int, device: str) -> bool:
+    """Whether trl tokenizes the rows as training reads them (an iterable dataset, prepared lazily) instead
+    of all of them before the first step. The eager build grows with the rows: a provisional scale-up's
+    132,000 rows took 36.5 s, 15 s past the trial it queued behind, the GPU idle meanwhile
+    (bench/RESULTS.md part 18). On a GPU for a large set; INTERN_LAZY_TOKENIZE=1/0 forces it on/off."""
+    forced = os.environ.get("INTERN_LAZY_TOKENIZE", "").strip().lower()
+    if forced in ("1", "true", "yes"):
+        return True
+    if forced in ("0", "false", "no"):
+        return False
+    return rows >= LAZY_MIN_ROWS and resolve_device(device) == "cuda"
