@@ -205,7 +205,7 @@ def test_an_experiment_queued_on_a_gpu_takes_it_the_moment_the_job_before_ends(
 
     from prefect import get_client
 
-    from mlintern.tasks.train import gpu_slot
+    from mlintern.tasks.train import gpu_in_use, gpu_slot
 
     monkeypatch.setenv("INTERN_GPU_ID", "7")
     monkeypatch.setenv("INTERN_RUNTIME_DIR", str(tmp_path))
@@ -224,6 +224,7 @@ def test_an_experiment_queued_on_a_gpu_takes_it_the_moment_the_job_before_ends(
         time.sleep(delay)
         with gpu_slot() as waited:
             marks[f"{name}-in"], marks[f"{name}-waited"] = time.time(), waited
+            marks[f"{name}-saw-in-use"] = gpu_in_use()  # what a job built now is told (TrainJob.built_behind)
             time.sleep(hold)
             marks[f"{name}-out"] = time.time()
 
@@ -236,6 +237,7 @@ def test_an_experiment_queued_on_a_gpu_takes_it_the_moment_the_job_before_ends(
     assert marks["second-in"] >= marks["first-out"], "two jobs held one GPU at once"
     assert marks["second-in"] - marks["first-out"] < 1.5, marks
     assert marks["second-waited"] >= 2.5 and marks["first-waited"] < 2.5, marks
+    assert marks["first-saw-in-use"] and not gpu_in_use(), "a held GPU is in use, a released one is not"
 
 
 def test_on_a_gpu_the_queued_job_is_built_while_the_one_before_trains(job_for, intern_env, monkeypatch, prefect_harness):

@@ -60,6 +60,20 @@ def gpu_slot():
             yield time.time() - began
 
 
+def gpu_in_use() -> bool:
+    """Whether a job holds this worker's GPU now (`gpu_slot`'s host lock); False where no GPU id is set."""
+    gid = os.environ.get("INTERN_GPU_ID")
+    if not gid:
+        return False
+    with open(runtime_dir() / f"gpu-{gid}.lock", "a+") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
+        return False
+
+
 @contextmanager
 def released_gpu_slot(hold: str, wait_s: float):
     """A provisional experiment's GPU: the controller's word first (mlintern.release; JobWithdrawn if it
@@ -95,6 +109,7 @@ def train(job: TrainJob, mlflow_run_id: str, tracking_uri: str, timeout_s: float
     logger.info("training plan %s (%s, %d steps) on the %s path", job.plan.plan_id(), job.plan.stage,
                 job.plan.hyperparameters.max_steps, "persistent-worker" if use_worker() else "fresh-process")
     if use_worker():  # the worker builds the job first and takes the GPU (gpu_slot) only to train it
+        job = job.model_copy(update={"built_behind": gpu_in_use()})
         gpu = gpu_slot if hold is None else functools.partial(released_gpu_slot, hold, hold_s)
         outcome = _on_worker(job, log_path, timeout_s, gpu)
     else:

@@ -29,7 +29,7 @@ def build_sft_trainer(job: TrainJob, callbacks: list, model, tokenizer):
     hp = job.plan.hyperparameters
     extra = {"packing": True} if hp.packing else {}
     rows = load_jsonl(job.data_path)
-    lazy = tokenize_lazily(len(rows), job.device)
+    lazy = tokenize_lazily(len(rows), job.device, job.built_behind)
     loader = {"dataloader_num_workers": LAZY_LOADERS} if lazy else {}
     args = SFTConfig(
         **base_args(job) | loader,
@@ -52,14 +52,16 @@ def build_sft_trainer(job: TrainJob, callbacks: list, model, tokenizer):
     )
 
 
-def tokenize_lazily(rows: int, device: str) -> bool:
+def tokenize_lazily(rows: int, device: str, built_behind: bool = False) -> bool:
     """Whether trl tokenizes the rows as training reads them (an iterable dataset, prepared lazily) instead
-    of all of them before the first step. The eager build grows with the rows: a provisional scale-up's
-    132,000 rows took 36.5 s, 15 s past the trial it queued behind, the GPU idle meanwhile
-    (bench/RESULTS.md part 18). On a GPU for a large set; INTERN_LAZY_TOKENIZE=1/0 forces it on/off."""
+    of all of them before the first step. The eager build grows with the rows, the GPU idle meanwhile
+    unless another job trains there (81,256 rows: 19.6 s eager, 1.4 s lazy on one H200). Lazily, the
+    DataLoader's processes tokenize during training, which ran at 0.89x and 1.04x eager's steps per second
+    in two calls (bench/RESULTS.md part 19). So: on a GPU, for a large set, where no other job holds the
+    GPU while this one builds (`built_behind`: the build is hidden). INTERN_LAZY_TOKENIZE=1/0 forces it."""
     forced = os.environ.get("INTERN_LAZY_TOKENIZE", "").strip().lower()
     if forced in ("1", "true", "yes"):
         return True
     if forced in ("0", "false", "no"):
         return False
-    return rows >= LAZY_MIN_ROWS and resolve_device(device) == "cuda"
+    return not built_behind and rows >= LAZY_MIN_ROWS and resolve_device(device) == "cuda"
