@@ -35,6 +35,7 @@ def transcript_of(run) -> LLMTranscript:
         mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/llm_transcript.json"))
 
 
+@pytest.mark.slow  # a full loop of 3-6 minutes on 2 cores: the default suite stays well under 30 minutes
 def test_loop_against_a_llama_cpp_python_like_server_spends_its_budget(
     intern_env, prefect_harness, smol_model, monkeypatch, priced_standin
 ):
@@ -78,6 +79,7 @@ def test_loop_against_a_llama_cpp_python_like_server_spends_its_budget(
     assert scan_transcripts("rate limit reached"), "the scan reads the transcripts it vouches for"
 
 
+@pytest.mark.slow  # a full loop of 3-6 minutes on 2 cores: the default suite stays well under 30 minutes
 def test_llm_outage_mid_loop_falls_back_to_search_and_spends_the_budget(
     intern_env, prefect_harness, smol_model, monkeypatch
 ):

@@ -96,6 +96,7 @@ def test_a_plan_cannot_train_on_the_evaluation_files(tmp_path):
         validate_plan(plan, ctx_for(goal).model_copy(update={"eval_files": [bench.dev_file, bench.test_file]}))
 
 
+@pytest.mark.slow  # a full loop of 3-6 minutes on 2 cores: the default suite stays well under 30 minutes
 def test_integrity_check_refuses_the_final_test_after_tampering(intern_env, prefect_harness, smol_model, monkeypatch):
     """An evaluation file changed during the loop (here by the 'LLM' side) stops the final report."""
     from mlintern.flows.research_loop import IntegrityError, research_loop

@@ -201,6 +201,7 @@ def test_secret_scan_finds_a_planted_secret(intern_env, prefect_harness):
     assert "prefect artifact leak" in scan_prefect("sk-planted-secret-123")
 
 
+@pytest.mark.slow  # a full loop of 3-6 minutes on 2 cores: the default suite stays well under 30 minutes
 def test_loop_reads_papers_and_plans_cite_them(intern_env, prefect_harness, smol_model, monkeypatch):
     """arXiv (stand-in Atom feed through the arxiv client) -> LLM digests -> the planner's prompt
     -> a plan whose rationale cites the paper ids and names its data recipe, visible in MLflow."""
