@@ -1,6 +1,5 @@
 """The persistent training worker: real processes, real trl training and lm-eval on SmolLM2-135M."""
 
-import json
 import os
 import signal
 import subprocess
@@ -248,8 +247,7 @@ def test_on_a_gpu_the_queued_job_is_built_while_the_one_before_trains(job_for, i
     import fcntl
     import threading
 
-    from mlintern.tasks.train import train
-    from mlintern.worker.protocol import runtime_dir
+    from mlintern.tasks.train import gpu_in_use, train
 
     monkeypatch.setenv("INTERN_GPU_ID", "5")  # the lock and Prefect's limits are real; the job runs on the CPU
     monkeypatch.setenv("INTERN_RUNTIME_DIR", str(intern_env / "rt"))
@@ -263,20 +261,11 @@ def test_on_a_gpu_the_queued_job_is_built_while_the_one_before_trains(job_for, i
     second, run2 = job_for("second", steps=2)
     out: dict = {}
 
-    def gpu_held() -> bool:
-        with open(runtime_dir() / "gpu-5.lock", "a+") as probe:
-            try:
-                fcntl.flock(probe, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                return True
-            fcntl.flock(probe, fcntl.LOCK_UN)
-            return False
-
     def go(name, job, run_id, after_gpu_taken):
         deadline = time.time() + 600
         # the second job is sent once the first has the GPU (on 2 busy cores the second, smaller, job could
         # otherwise be built first, take the GPU first, and the roles swap)
-        while after_gpu_taken and not gpu_held():
+        while after_gpu_taken and not gpu_in_use():
             assert time.time() < deadline, "the first job never took the GPU"
             time.sleep(0.1)
         out[name + "-submitted"] = time.time()
