@@ -150,12 +150,14 @@ def lazy_against_eager(args, work: Path, model_dir: str, built) -> None:
     from transformers.integrations import MLflowCallback
 
     from mlintern.schemas import ExperimentPlan
+    from mlintern.settings import get_settings
     from mlintern.training.job import TrainJob
     from mlintern.training.loading import load_for_training
     from mlintern.training.sft import build_sft_trainer
 
     def run(label: str, lazy: str, steps: int, rows_file: Path) -> dict:
         os.environ["INTERN_LAZY_TOKENIZE"] = lazy
+        get_settings.cache_clear()
         model, tok = load_for_training(model_dir)
         plan = ExperimentPlan(hyperparameters={"max_steps": steps, "per_device_batch_size": args.batch, "max_length": 256,
                                                "learning_rate": 1e-4})

@@ -60,6 +60,9 @@ class Settings(BaseSettings):
     # outcome (the trial is pruned at its first rung; the winner stays): it is built while the job trains and
     # takes the GPU only if the controller releases it when the job ends (mlintern.release).
     speculate: bool = True
+    # SFT rows tokenized as training reads them (mlintern.training.sft.tokenize_lazily): None decides by the
+    # rows and whether the GPU is free while the job builds; true/false forces it.
+    lazy_tokenize: bool | None = None
     eval_batch_size: int = 16
     # Drill/test hook: JSON such as {"oom_above_batch": 4, "nan_above_lr": 1e-4} simulates
     # a memory cap or a real NaN inside real training. Never set by a plan or an LLM.

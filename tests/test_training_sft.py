@@ -223,6 +223,7 @@ def test_lazily_tokenized_rows_are_the_eagerly_tokenized_ones(intern_env, monkey
     132,000 rows held the GPU idle 15 s, bench/RESULTS.md part 18): the trainer sees the same rows, in
     a shuffled order, prepared by its DataLoader's processes."""
     from mlintern.training.loading import load_for_training
+    from mlintern.settings import get_settings
     from mlintern.training.sft import LAZY_LOADERS, LAZY_MIN_ROWS, build_sft_trainer, tokenize_lazily
 
     assert not tokenize_lazily(LAZY_MIN_ROWS - 1, "cpu") and not tokenize_lazily(10 * LAZY_MIN_ROWS, "cpu")
@@ -233,6 +234,7 @@ def test_lazily_tokenized_rows_are_the_eagerly_tokenized_ones(intern_env, monkey
     built = {}
     for forced in ("0", "1"):
         monkeypatch.setenv("INTERN_LAZY_TOKENIZE", forced)
+        get_settings.cache_clear()
         job = TrainJob(plan=plan, model_path=smol_model, data_path=data, output_dir=str(intern_env / f"out{forced}"),
                        device="cpu")
         trainer = build_sft_trainer(job, [], model, tok)
@@ -245,7 +247,10 @@ def test_lazily_tokenized_rows_are_the_eagerly_tokenized_ones(intern_env, monkey
 def test_a_lazily_tokenized_packed_run_trains_past_the_end_of_its_rows(intern_env, monkeypatch, smol_model):
     """An iterable training set has no length: the run must still train its steps when they need more
     rows than there are (a second pass), through the DataLoader's processes."""
+    from mlintern.settings import get_settings
+
     monkeypatch.setenv("INTERN_LAZY_TOKENIZE", "1")
+    get_settings.cache_clear()
     code, outcome, run, client = run_job(intern_env, monkeypatch, smol_model, packing=True, max_steps=6)
     assert code == 0 and outcome["status"] == "succeeded", outcome
     assert outcome["steps"] == 6, outcome

@@ -54,10 +54,15 @@ def gpu_slot():
         yield 0.0
         return
     began = time.time()
-    with open(runtime_dir() / f"gpu-{gid}.lock", "a+") as lock_file:
+    with open(_gpu_lock_path(gid), "a+") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)  # released by the kernel if this process dies
         with concurrency(["gpu", f"gpu-{gid}"], occupy=1, strict=False):
             yield time.time() - began
+
+
+def _gpu_lock_path(gid: str) -> Path:
+    """GPU `gid`'s host lock, taken by `gpu_slot` and probed by `gpu_in_use`."""
+    return runtime_dir() / f"gpu-{gid}.lock"
 
 
 def gpu_in_use() -> bool:
@@ -65,7 +70,7 @@ def gpu_in_use() -> bool:
     gid = os.environ.get("INTERN_GPU_ID")
     if not gid:
         return False
-    with open(runtime_dir() / f"gpu-{gid}.lock", "a+") as lock_file:
+    with open(_gpu_lock_path(gid), "a+") as lock_file:
         try:
             fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:

@@ -2,8 +2,7 @@
 
 from __future__ import annotations
 
-import os
-
+from mlintern.settings import get_settings
 from mlintern.training.common import base_args, dataset_procs, load_jsonl, lora_config, resolve_device
 from mlintern.training.job import TrainJob
 
@@ -59,9 +58,7 @@ def tokenize_lazily(rows: int, device: str, built_behind: bool = False) -> bool:
     DataLoader's processes tokenize during training, which ran at 0.89x and 1.04x eager's steps per second
     in two calls (bench/RESULTS.md part 19). So: on a GPU, for a large set, where no other job holds the
     GPU while this one builds (`built_behind`: the build is hidden). INTERN_LAZY_TOKENIZE=1/0 forces it."""
-    forced = os.environ.get("INTERN_LAZY_TOKENIZE", "").strip().lower()
-    if forced in ("1", "true", "yes"):
-        return True
-    if forced in ("0", "false", "no"):
-        return False
+    forced = get_settings().lazy_tokenize
+    if forced is not None:
+        return forced
     return not built_behind and rows >= LAZY_MIN_ROWS and resolve_device(device) == "cuda"
