@@ -13,6 +13,7 @@ build in the loop, against 0.9-4.1 s for its unpacked trials.
 (mlintern.training.sft.tokenize_lazily: DataLoader processes tokenize as training reads), each on a fresh
 copy of the model, and trains STEPS steps with each, after an untimed warm-up run: the build each saves
 against what the lazy one costs per step (part 18 measured a 132,000-row build at 36.5 s, the GPU idle).
+`--order ELLE` runs each arm twice, eager-lazy-lazy-eager, so that a drift over the call cancels.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ import argparse
 import json
 import os
 import platform
+import statistics
 import sys
 import tempfile
 import time
@@ -49,6 +51,8 @@ def main() -> None:
     ap.add_argument("--lazy", type=int, default=0, metavar="STEPS",
                     help="eager against lazy tokenization: build, then train STEPS steps with each")
     ap.add_argument("--batch", type=int, default=64, help="--lazy's per-device batch (the loop's trials: 64)")
+    ap.add_argument("--order", default="EL", help="--lazy's arms in the order run, E eager and L lazy: ELLE "
+                    "runs each twice, in an order that cancels a drift over the call")
     ap.add_argument("--procs", default=None,
                     help="comma-separated dataset_num_proc arms, the first the baseline (default: 1, then the "
                          "project's dataset_procs for these rows)")
@@ -179,14 +183,20 @@ def lazy_against_eager(args, work: Path, model_dir: str, built) -> None:
     small = work / "warmup.jsonl"
     small.write_text("".join(Path(built.path).read_text().splitlines(keepends=True)[:2000]))
     warmup = run("warmup", "0", 20, small)
-    arms = {}
-    for label, lazy in (("eager", "0"), ("lazy", "1")):
-        data = work / f"{label}.jsonl"  # its own file: datasets would reuse the other's cache
+    order = args.order.upper()
+    if set(order) != {"E", "L"}:
+        raise SystemExit(f"--order {args.order!r}: E (eager) and L (lazy) each at least once, nothing else")
+    runs = []
+    for i, arm in enumerate(order):
+        label = {"E": "eager", "L": "lazy"}[arm]
+        data = work / f"{label}{i}.jsonl"  # its own file: datasets would reuse another run's cache
         data.write_bytes(Path(built.path).read_bytes())
-        arms[label] = run(label, lazy, args.lazy, data)
+        runs.append(run(f"{label}{i}", "1" if arm == "L" else "0", args.lazy, data) | {"arm": label, "order": i})
+    arms = {label: {k: round(statistics.mean(r[k] for r in runs if r["arm"] == label), 3)
+                    for k in ("build_s", "train_s", "steps_per_s", "total_s")} for label in ("eager", "lazy")}
     result = {"host": platform.node(), "cpus": os.cpu_count(),
               "device": torch.cuda.get_device_name(0) if torch.cuda.is_available() else "cpu",
-              "rows": built.rows_after, "warmup": warmup, "arms": arms,
+              "rows": built.rows_after, "order": order, "warmup": warmup, "runs": runs, "arms": arms,
               "lazy_over_eager": {k: round(arms["lazy"][k] / arms["eager"][k], 3)
                                   for k in ("build_s", "steps_per_s", "total_s")}}
     print(json.dumps(result, indent=1))
