@@ -227,7 +227,9 @@ def test_lazily_tokenized_rows_are_the_eagerly_tokenized_ones(intern_env, monkey
     from mlintern.training.sft import LAZY_LOADERS, LAZY_MIN_ROWS, build_sft_trainer, tokenize_lazily
 
     assert not tokenize_lazily(LAZY_MIN_ROWS - 1, "cpu") and not tokenize_lazily(10 * LAZY_MIN_ROWS, "cpu")
-    assert not tokenize_lazily(10 * LAZY_MIN_ROWS, "cuda", built_behind=True), "a hidden build stays eager"
+    with monkeypatch.context() as on_a_gpu:  # what this CPU machine cannot show: the rule on a GPU
+        on_a_gpu.setattr("mlintern.training.sft.resolve_device", lambda device: "cuda")
+        assert not tokenize_lazily(LAZY_MIN_ROWS - 1, "auto") and tokenize_lazily(LAZY_MIN_ROWS, "auto")
     model, tok = load_for_training(smol_model)
     plan = ExperimentPlan(hyperparameters={"max_steps": 2, "per_device_batch_size": 2, "max_length": 64})
     data = sft_rows(intern_env / "rows.jsonl", n=300)

@@ -29,6 +29,21 @@ def _alive(pid: int) -> bool:
         return False
 
 
+def gpu_in_use() -> bool:
+    """Whether a job holds this process's GPU (INTERN_GPU_ID) now: a probe of gpu_slot's host lock."""
+    import fcntl
+
+    from mlintern.tasks.train import gpu_lock_path
+
+    with open(gpu_lock_path(os.environ["INTERN_GPU_ID"]), "a+") as lock_file:
+        try:
+            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            return True
+        fcntl.flock(lock_file, fcntl.LOCK_UN)
+        return False
+
+
 def wait_dead(pid: int, seconds: float) -> bool:
     deadline = time.time() + seconds
     while time.time() < deadline:
@@ -204,7 +219,7 @@ def test_an_experiment_queued_on_a_gpu_takes_it_the_moment_the_job_before_ends(
 
     from prefect import get_client
 
-    from mlintern.tasks.train import gpu_in_use, gpu_slot
+    from mlintern.tasks.train import gpu_slot
 
     monkeypatch.setenv("INTERN_GPU_ID", "7")
     monkeypatch.setenv("INTERN_RUNTIME_DIR", str(tmp_path))
@@ -223,7 +238,7 @@ def test_an_experiment_queued_on_a_gpu_takes_it_the_moment_the_job_before_ends(
         time.sleep(delay)
         with gpu_slot() as waited:
             marks[f"{name}-in"], marks[f"{name}-waited"] = time.time(), waited
-            marks[f"{name}-saw-in-use"] = gpu_in_use()  # what a job built now is told (TrainJob.built_behind)
+            marks[f"{name}-saw-in-use"] = gpu_in_use()
             time.sleep(hold)
             marks[f"{name}-out"] = time.time()
 
@@ -247,7 +262,7 @@ def test_on_a_gpu_the_queued_job_is_built_while_the_one_before_trains(job_for, i
     import fcntl
     import threading
 
-    from mlintern.tasks.train import gpu_in_use, train
+    from mlintern.tasks.train import train
 
     monkeypatch.setenv("INTERN_GPU_ID", "5")  # the lock and Prefect's limits are real; the job runs on the CPU
     monkeypatch.setenv("INTERN_RUNTIME_DIR", str(intern_env / "rt"))

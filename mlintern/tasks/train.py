@@ -54,29 +54,15 @@ def gpu_slot():
         yield 0.0
         return
     began = time.time()
-    with open(_gpu_lock_path(gid), "a+") as lock_file:
+    with open(gpu_lock_path(gid), "a+") as lock_file:
         fcntl.flock(lock_file, fcntl.LOCK_EX)  # released by the kernel if this process dies
         with concurrency(["gpu", f"gpu-{gid}"], occupy=1, strict=False):
             yield time.time() - began
 
 
-def _gpu_lock_path(gid: str) -> Path:
-    """GPU `gid`'s host lock, taken by `gpu_slot` and probed by `gpu_in_use`."""
+def gpu_lock_path(gid: str) -> Path:
+    """GPU `gid`'s host lock, taken by `gpu_slot`."""
     return runtime_dir() / f"gpu-{gid}.lock"
-
-
-def gpu_in_use() -> bool:
-    """Whether a job holds this worker's GPU now (`gpu_slot`'s host lock); False where no GPU id is set."""
-    gid = os.environ.get("INTERN_GPU_ID")
-    if not gid:
-        return False
-    with open(_gpu_lock_path(gid), "a+") as lock_file:
-        try:
-            fcntl.flock(lock_file, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            return True
-        fcntl.flock(lock_file, fcntl.LOCK_UN)
-        return False
 
 
 @contextmanager
@@ -114,7 +100,6 @@ def train(job: TrainJob, mlflow_run_id: str, tracking_uri: str, timeout_s: float
     logger.info("training plan %s (%s, %d steps) on the %s path", job.plan.plan_id(), job.plan.stage,
                 job.plan.hyperparameters.max_steps, "persistent-worker" if use_worker() else "fresh-process")
     if use_worker():  # the worker builds the job first and takes the GPU (gpu_slot) only to train it
-        job = job.model_copy(update={"built_behind": gpu_in_use()})
         gpu = gpu_slot if hold is None else functools.partial(released_gpu_slot, hold, hold_s)
         outcome = _on_worker(job, log_path, timeout_s, gpu)
     else:

@@ -41,9 +41,6 @@ class TrainJob(BaseModel):
         "fidelity.confirm_above.")
     mlflow_run_id: str | None = None
     tracking_uri: str | None = None
-    built_behind: bool = Field(
-        False, description="Built while another job holds the GPU: its build is hidden behind that job, so its "
-        "rows are tokenized before its first step (mlintern.training.sft.tokenize_lazily).")
     # Fault injection for tests and drills (never set by a planner), e.g. {"oom_above_batch": 4}.
     faults: dict | None = None
 

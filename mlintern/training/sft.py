@@ -28,7 +28,7 @@ def build_sft_trainer(job: TrainJob, callbacks: list, model, tokenizer):
     hp = job.plan.hyperparameters
     extra = {"packing": True} if hp.packing else {}
     rows = load_jsonl(job.data_path)
-    lazy = tokenize_lazily(len(rows), job.device, job.built_behind)
+    lazy = tokenize_lazily(len(rows), job.device)
     loader = {"dataloader_num_workers": LAZY_LOADERS} if lazy else {}
     args = SFTConfig(
         **base_args(job) | loader,
@@ -51,14 +51,15 @@ def build_sft_trainer(job: TrainJob, callbacks: list, model, tokenizer):
     )
 
 
-def tokenize_lazily(rows: int, device: str, built_behind: bool = False) -> bool:
+def tokenize_lazily(rows: int, device: str) -> bool:
     """Whether trl tokenizes the rows as training reads them (an iterable dataset, prepared lazily) instead
-    of all of them before the first step. The eager build grows with the rows, the GPU idle meanwhile
-    unless another job trains there (81,256 rows: 19.6 s eager, 1.4 s lazy on one H200). Lazily, the
-    DataLoader's processes tokenize during training, which ran at 0.89x and 1.04x eager's steps per second
-    in two calls (bench/RESULTS.md part 19). So: on a GPU, for a large set, where no other job holds the
-    GPU while this one builds (`built_behind`: the build is hidden). INTERN_LAZY_TOKENIZE=1/0 forces it."""
+    of all of them before the first step: for a large set on a GPU. The eager build grows with the rows
+    (100,000 asked: 21.9 s eager, 1.9 s lazy on one H200), and the GPU waits for it on a loop's first job,
+    on a job dispatched to a free GPU, and on a job built behind one that ends early (a pruned trial: 15 s
+    in bench/RESULTS.md part 18). Lazily, the DataLoader's processes tokenize during training, at 1.03x
+    eager's steps per second (part 20: eager, lazy, lazy, eager in one process). INTERN_LAZY_TOKENIZE=1/0
+    forces it."""
     forced = get_settings().lazy_tokenize
     if forced is not None:
         return forced
-    return not built_behind and rows >= LAZY_MIN_ROWS and resolve_device(device) == "cuda"
+    return rows >= LAZY_MIN_ROWS and resolve_device(device) == "cuda"
