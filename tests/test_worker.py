@@ -248,8 +248,10 @@ def test_an_experiment_queued_on_a_gpu_takes_it_the_moment_the_job_before_ends(
         t.start()
     for t in threads:
         t.join(timeout=120)
-    assert marks["second-in"] >= marks["first-out"], "two jobs held one GPU at once"
-    assert marks["second-in"] - marks["first-out"] < 1.5, marks
+    assert marks["second-in"] >= marks["first-out"], ("two jobs held one GPU at once", marks)
+    # two HTTP calls to the Prefect server stand between the two (a slot released, a slot taken): on a
+    # loaded 2-core CI machine about a second; the retry this guards against waits for the server's Retry-After
+    assert marks["second-in"] - marks["first-out"] < 2.0, marks
     assert marks["second-waited"] >= 2.5 and marks["first-waited"] < 2.5, marks
     assert marks["first-saw-in-use"] and not gpu_in_use(), "a held GPU is in use, a released one is not"
 
