@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     # takes the GPU only if the controller releases it when the job ends (mlintern.release).
     speculate: bool = True
     # SFT rows tokenized as training reads them (mlintern.training.sft.tokenize_lazily): None decides by the
-    # rows and whether the GPU is free while the job builds; true/false forces it.
+    # rows and the device; true/false forces it.
     lazy_tokenize: bool | None = None
     eval_batch_size: int = 16
     # Drill/test hook: JSON such as {"oom_above_batch": 4, "nan_above_lr": 1e-4} simulates
