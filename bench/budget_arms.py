@@ -30,20 +30,27 @@ PLANNER = {"a": "single", "b": "search", "c": "auto"}
 
 
 def start_prefect(home: Path) -> tuple[subprocess.Popen, str]:
-    """One Prefect server for every arm (SQLite), so no run pays for a temporary server."""
+    """One Prefect server for every arm (SQLite), so no run pays for a temporary server. On a port of its
+    own: two benchmarks can run side by side on one host (bench/device/beside_call.sh)."""
+    import socket
     import urllib.request
 
     home.mkdir(parents=True, exist_ok=True)
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
     env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
-    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port", "4299"],
-                            env=env, stdout=open(home / "server.log", "ab"), stderr=subprocess.STDOUT,
+    proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
+                             str(port)], env=env, stdout=open(home / "server.log", "ab"), stderr=subprocess.STDOUT,
                             start_new_session=True)
-    url = "http://127.0.0.1:4299/api"
+    url = f"http://127.0.0.1:{port}/api"
     for _ in range(240):
         try:
             urllib.request.urlopen(url + "/health", timeout=2)
             return proc, url
         except OSError:
+            if proc.poll() is not None:
+                break
             time.sleep(0.5)
     raise RuntimeError(f"Prefect server did not start; see {home / 'server.log'}")
 

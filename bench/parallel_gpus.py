@@ -223,7 +223,9 @@ def main() -> None:
             report = json.loads(mlflow.artifacts.load_text(f"runs:/{run.info.run_id}/report.json"))
     result = {"device": _device_names(), "queue_depth": get_settings().queue_depth,
               "gpus": len(gpus), "budget_s": args.budget, "state": flow_run.state.name if flow_run.state else None,
-              "wall_s": round(end - start, 1), "gpu": busy_fractions(smi, start, end),
+              "wall_s": round(end - start, 1),
+              # this run's GPUs only: another benchmark may use the host's others (beside_call.sh)
+              "gpu": {g: v for g, v in busy_fractions(smi, start, end).items() if g in gpus},
               "controller": controller_marks(str(flow_run.id), start),
               "provisional": provisional_lines(str(flow_run.id), start)}
     if report:
