@@ -26,7 +26,6 @@ from mlintern.ledger import GoalLedger
 from mlintern.llm import LLMBudgetExceeded, LLMError
 from mlintern.loop import LoopState
 from mlintern.planners import Planner, PlanRejected, make_planner
-from mlintern.planners.base import PlannerDone
 from mlintern.planners.fallback import take_transcript
 from mlintern.planners.multifidelity import fidelity_for
 from mlintern.preview import wall_warning
@@ -42,7 +41,7 @@ from mlintern.settings import get_settings
 from mlintern.tasks.budget import budget_facts, loop_lanes
 from mlintern.tasks.evaluate import evaluate, timed_evaluate
 from mlintern.tasks.literature import gather_literature
-from mlintern.tasks.plan import plan_next
+from mlintern.tasks.plan import NoPlan, plan_next
 from mlintern.tasks.setup import prepare, resolve
 from mlintern.tasks.train import use_worker
 from mlintern.worker.warm import warm_in_background
@@ -374,9 +373,10 @@ def next_plan(planner: Planner, state: LoopState, bench: PreparedBenchmark, lite
     logger = get_run_logger()
     ctx = planning_context(state, bench, literature, pending, lanes, ahead_s, provisional)
     try:
-        return plan_next(planner, ctx)
-    except PlannerDone as exc:
-        state.planner_done = str(exc)
+        answer = plan_next(planner, ctx)
+        if not isinstance(answer, NoPlan):
+            return answer
+        state.planner_done = answer.reason
     except LLMBudgetExceeded as exc:
         logger.warning(str(exc))
         state.llm_exhausted = True
