@@ -6,9 +6,19 @@ from inside a flow as the controller does, sends two `experiment` flow runs at o
 parameters (`run_deployment`, as a subflow, `timeout=0`: created, not run), `--rounds` times. It
 records how long each creation took and, per round, the slower of the two. On SQLite one of two
 concurrent creations is refused ("database is locked", a 503), and Prefect's client retries after its
-back-off of about 2 s. Prints the medians and the ratio of SQLite to PostgreSQL.
+back-off of about 2 s. Each round does it twice, through Prefect's `run_deployment` and through the
+controller's `mlintern.flows.dispatch.run_deployment_quickly` (a 503 retried within tenths of a second).
+Prints the medians and the ratios of SQLite to PostgreSQL, and on SQLite of Prefect's client to the quick one.
+
+`--after-task`: the controller's other collision, on SQLite alone. Each round runs a task (as
+`plan-experiment` does) and then creates one experiment flow run, as the controller does with the plan it
+got, alternately through Prefect's `run_deployment` (the baseline) and through the controller's
+`mlintern.flows.dispatch.run_deployment_quickly` (a 503 retried within tenths of a second), in one flow on
+one server. Prints each one's mean, median and maximum, how many took over 1 s, and the ratio of the
+means.
 
   python bench/dispatch_backends.py [--rounds 5] [--pg postgresql://postgres@127.0.0.1:5432] [--out x.json]
+  python bench/dispatch_backends.py --after-task [--rounds 16] [--out x.json]
 """
 
 from __future__ import annotations
@@ -50,29 +60,90 @@ def arm(rounds: int) -> dict:
 
         goal = Goal.model_validate(json.loads((ROOT / "bench/goals/arith_long.json").read_text()))
 
-        def create(i: int) -> float:
+        from mlintern.flows.dispatch import run_deployment_quickly
+
+        ways = {"prefect": run_deployment, "quick": run_deployment_quickly}
+
+        def create(way: str, i: int) -> float:
             params = {"goal": goal.model_dump(mode="json"), "init_model": "builtin:smollm2-135m-instruct",
                       "plan": ExperimentPlan(hyperparameters={"max_steps": 100 + i}).model_dump(mode="json"),
                       "timeout_s": 600.0, "fidelity": Fidelity().model_dump(mode="json")}
             began = time.time()
-            run_deployment("experiment/experiment", parameters=params, timeout=0, as_subflow=True,
-                           work_queue_name="gpu-0", idempotency_key=f"{uuid.uuid4()}")
+            ways[way]("experiment/experiment", parameters=params, timeout=0, as_subflow=True,
+                      work_queue_name="gpu-0", idempotency_key=f"{uuid.uuid4()}")
             return time.time() - began
 
         @flow(name="dispatch-probe")
-        def controller() -> list[list[float]]:
-            out = []
+        def controller() -> dict[str, list[list[float]]]:
+            out: dict[str, list[list[float]]] = {w: [] for w in ways}
             with ThreadPoolExecutor(2) as pool:
                 for r in range(rounds):
-                    calls = [pool.submit(contextvars.copy_context().run, create, 2 * r + i) for i in range(2)]
-                    out.append([round(c.result(), 3) for c in calls])
+                    for way in (("prefect", "quick") if r % 2 == 0 else ("quick", "prefect")):
+                        calls = [pool.submit(contextvars.copy_context().run, create, way, 4 * r + 2 * (way == "quick") + i)
+                                 for i in range(2)]
+                        out[way].append([round(c.result(), 3) for c in calls])
+                        time.sleep(0.5)
             return out
 
         pairs = controller()
     finally:
         server.terminate()
-    slower = [max(p) for p in pairs]
-    return {"pairs_s": pairs, "slower_median_s": round(statistics.median(slower), 3), "slower_max_s": max(slower)}
+    result = {}
+    for way, rows in pairs.items():
+        slower = [max(p) for p in rows]
+        result[way] = {"pairs_s": rows, "slower_median_s": round(statistics.median(slower), 3),
+                       "slower_max_s": max(slower)}
+    return result
+
+
+def after_task(rounds: int) -> dict:
+    """In a process with a SQLite Prefect server of its own: a task, then one creation, `rounds` times, the two
+    ways alternating (the first way switching every round, so neither always follows the other)."""
+    from budget_arms import start_prefect
+
+    work = Path(tempfile.mkdtemp(prefix="dispatch-task-"))
+    server, url = start_prefect(work / "prefect")
+    os.environ.update(PREFECT_API_URL=url, INTERN_WORK_DIR=str(work / "work"),
+                      INTERN_TRACKING_URI=f"sqlite:///{work}/mlflow.db")
+    try:
+        subprocess.run(["bash", "deployments/setup.sh", "--gpus", "1"], cwd=ROOT, check=True,
+                       stdout=open(work / "setup.log", "ab"), stderr=subprocess.STDOUT)
+        from prefect import flow, task
+        from prefect.deployments import run_deployment
+
+        from mlintern.flows.dispatch import run_deployment_quickly
+        from mlintern.schemas import ExperimentPlan, Fidelity, Goal
+
+        goal = Goal.model_validate(json.loads((ROOT / "bench/goals/arith_long.json").read_text()))
+        ways = {"prefect": run_deployment, "quick": run_deployment_quickly}
+
+        @task(name="plan-experiment")
+        def plan(i: int) -> dict:
+            return ExperimentPlan(hyperparameters={"max_steps": 100 + i}).model_dump(mode="json")
+
+        @flow(name="dispatch-after-task-probe")
+        def controller() -> dict[str, list[float]]:
+            out: dict[str, list[float]] = {w: [] for w in ways}
+            for r in range(rounds):
+                for way in (("prefect", "quick") if r % 2 == 0 else ("quick", "prefect")):
+                    params = {"goal": goal.model_dump(mode="json"), "init_model": "builtin:smollm2-135m-instruct",
+                              "plan": plan(2 * r + (way == "quick")), "timeout_s": 600.0,
+                              "fidelity": Fidelity().model_dump(mode="json")}
+                    began = time.time()
+                    ways[way]("experiment/experiment", parameters=params, timeout=0, as_subflow=True,
+                              work_queue_name="gpu-0", idempotency_key=f"{uuid.uuid4()}")
+                    out[way].append(round(time.time() - began, 3))
+                    time.sleep(1.0)  # the next plan comes after a result, not at once
+            return out
+
+        times = controller()
+    finally:
+        server.terminate()
+    # the mean, not the median: a creation either meets a write (2 s and more) or not (0.15 s)
+    result = {w: {"mean_s": round(statistics.mean(t), 3), "median_s": statistics.median(t), "max_s": max(t),
+                  "over_1s": sum(x > 1 for x in t), "all_s": t} for w, t in times.items()}
+    result["prefect_over_quick"] = round(result["prefect"]["mean_s"] / result["quick"]["mean_s"], 2)
+    return result
 
 
 def main() -> None:
@@ -81,9 +152,29 @@ def main() -> None:
     ap.add_argument("--pg", default=os.environ.get("INTERN_TEST_PG", "postgresql://postgres@127.0.0.1:5432"))
     ap.add_argument("--out", default=None)
     ap.add_argument("--arm", help=argparse.SUPPRESS)
+    ap.add_argument("--arm-after-task", action="store_true", help=argparse.SUPPRESS)
+    ap.add_argument("--after-task", action="store_true",
+                    help="SQLite only: a task, then one creation, Prefect's client against the controller's")
     args = ap.parse_args()
     if args.arm:
         print("ARM " + json.dumps(arm(args.rounds)))
+        return
+    if args.arm_after_task:
+        print("ARM " + json.dumps(after_task(args.rounds)))
+        return
+    if args.after_task:
+        env = dict(os.environ)
+        env.pop("PREFECT_SERVER_DATABASE_CONNECTION_URL", None)  # SQLite, the embedded default
+        out = subprocess.run([sys.executable, __file__, "--arm-after-task", "--rounds", str(args.rounds)], env=env,
+                             cwd=ROOT, capture_output=True, text=True, timeout=1200)
+        line = next((ln for ln in out.stdout.splitlines() if ln.startswith("ARM ")), None)
+        if line is None:
+            raise SystemExit(f"the after-task arm failed:\n{out.stdout[-3000:]}\n{out.stderr[-3000:]}")
+        result = {"host": platform.node(), "cpus": os.cpu_count(), "rounds": args.rounds, "server": "sqlite",
+                  **json.loads(line[4:])}
+        print(json.dumps(result, indent=1))
+        if args.out:
+            Path(args.out).write_text(json.dumps(result, indent=1))
         return
     import psycopg2
 
@@ -107,7 +198,11 @@ def main() -> None:
     finally:
         admin.cursor().execute(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
         admin.close()
-    result["sqlite_over_postgres"] = round(result["sqlite"]["slower_median_s"] / result["postgres"]["slower_median_s"], 2)
+    for way in ("prefect", "quick"):
+        result[f"sqlite_over_postgres_{way}"] = round(
+            result["sqlite"][way]["slower_median_s"] / result["postgres"][way]["slower_median_s"], 2)
+    result["sqlite_prefect_over_quick"] = round(
+        result["sqlite"]["prefect"]["slower_median_s"] / result["sqlite"]["quick"]["slower_median_s"], 2)
     print(json.dumps(result, indent=1))
     if args.out:
         Path(args.out).write_text(json.dumps(result, indent=1))

@@ -696,3 +696,65 @@ def test_ui_run_dispatches_experiments_on_postgres_servers(tmp_path, pg_database
             as (mlflow_url, _mlflow):
         run_loop_from_ui(tmp_path, mlflow_url,
                          prefect_db=pg_databases["prefect"].replace("postgresql://", "postgresql+asyncpg://"))
+
+
+def test_the_controllers_prefect_client_retries_a_locked_server_within_tenths_of_a_second():
+    """A Prefect server on SQLite answers 503 when a write meets another one; Prefect's client then waits 2 s
+    (then 4 s). The controller's dispatch client (mlintern.flows.dispatch.quick_retry_transport) retries
+    within tenths of a second, with the same request body, and still hands a lasting 503 back to Prefect's
+    client. Against a real HTTP server that is locked for its first two answers."""
+    import threading
+    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+
+    from prefect.client.orchestration import PrefectClient
+    from prefect.exceptions import PrefectHTTPStatusError
+    from prefect.settings import PREFECT_CLIENT_CSRF_SUPPORT_ENABLED, PREFECT_CLIENT_MAX_RETRIES, temporary_settings
+
+    from mlintern.flows.dispatch import quick_retry_transport
+
+    seen: list[tuple[str, bytes]] = []
+    locked = {"left": 2}
+
+    class Locked(BaseHTTPRequestHandler):
+        def _answer(self) -> None:
+            body = self.rfile.read(int(self.headers.get("Content-Length") or 0))
+            seen.append((self.path, body))
+            if locked["left"] > 0:  # what Prefect's server sends for "database is locked"
+                locked["left"] -= 1
+                payload, code = b'{"exception_message": "Service Unavailable"}', 503
+            else:
+                payload, code = b'{"id": "made"}', 201
+            self.send_response(code)
+            self.send_header("Content-Type", "application/json")
+            self.send_header("Content-Length", str(len(payload)))
+            self.end_headers()
+            self.wfile.write(payload)
+
+        do_GET = do_POST = _answer
+
+        def log_message(self, *args) -> None:
+            pass
+
+    server = ThreadingHTTPServer(("127.0.0.1", 0), Locked)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    api = f"http://127.0.0.1:{server.server_address[1]}/api"
+
+    async def create(prefect_tries: int) -> tuple[httpx.Response, float]:
+        with temporary_settings({PREFECT_CLIENT_CSRF_SUPPORT_ENABLED: False,  # the stand-in has no /csrf-token
+                                 PREFECT_CLIENT_MAX_RETRIES: prefect_tries - 1}):
+            async with PrefectClient(api, httpx_settings={"transport": quick_retry_transport()}) as client:
+                began = time.time()
+                response = await client._client.post("/deployments/d/create_flow_run", json={"idempotency_key": "k"})
+                return response, time.time() - began
+
+    try:
+        response, took = asyncio.run(create(6))
+        assert response.status_code == 201 and len(seen) == 3, seen
+        assert took < 1.0, f"{took:.2f} s: Prefect's own back-off (2 s) answered, not the quick retry"
+        assert {body for _, body in seen} == {b'{"idempotency_key":"k"}'}, "every attempt sent the same body"
+        locked["left"], seen[:] = 100, []  # locked for good: after its own 5 tries, Prefect's client decides
+        with pytest.raises(PrefectHTTPStatusError, match="503"):
+            asyncio.run(create(2))
+        assert len(seen) == 2 * 5, "each of Prefect's 2 tries made 5 quick ones"
+    finally:
+        server.shutdown()
