@@ -90,11 +90,11 @@ def quick_retry_transport() -> RetryTransport:
     A Prefect server on SQLite (the embedded default) answers 503 "database is locked" when a write meets
     another one, and Prefect's client waits 2 s, then 4 s, before it tries again. Its task-run recorder writes
     each task run's states just after the task ends, so an experiment created right after the
-    `plan-experiment` task that planned it met one in 9 of 15 rounds (2.2 s median, 6.3 s at most;
-    bench/dispatch_backends.py --after-task). The lock lasts milliseconds: retried after 0.05-0.4 s here,
-    the request goes through; Prefect's own back-off stays behind this for a longer lock. A 503 leaves nothing
-    written (the transaction rolled back), and the flow run's idempotency key makes a repeat harmless anyway.
-    Connection errors stay with Prefect's client, as before."""
+    `plan-experiment` task that planned it met one in 7 of 16 rounds (6.8 s at most; mean 1.31 s against
+    0.21 s with this transport: bench/dispatch_backends.py --after-task, bench/RESULTS.md part 21). The lock
+    lasts milliseconds: retried after 0.05-0.4 s here, the request goes through; Prefect's own back-off stays
+    behind this for a longer lock. A 503 leaves nothing written (the transaction rolled back), and the flow
+    run's idempotency key makes a repeat harmless anyway. Connection errors stay with Prefect's client."""
     retry = Retry(total=4, backoff_factor=0.05, status_forcelist=[503], retry_on_exceptions=[],
                   allowed_methods=["GET", "POST", "PUT", "PATCH", "DELETE"], respect_retry_after_header=True)
     inner = httpx.AsyncHTTPTransport(retries=3, http2=PREFECT_API_ENABLE_HTTP2.value(),
