@@ -26,7 +26,6 @@ def gpu_lanes(width: int) -> list[str]:
     polling now, by GPU index, at most `width`: the controller sends each experiment to one of them.
     [] where the pool has none with a worker (the Docker pool, workers started by hand): experiments then
     go to the pool, one per GPU at a time."""
-    from prefect import get_client
     from prefect.client.schemas.objects import WorkQueueStatus
 
     name = get_settings().experiment_deployment
@@ -97,6 +96,8 @@ def quick_retry_transport() -> RetryTransport:
     run's idempotency key makes a repeat harmless anyway. Connection errors stay with Prefect's client."""
     retry = Retry(total=4, backoff_factor=0.05, status_forcelist=[503], retry_on_exceptions=[],
                   allowed_methods=["GET", "POST", "PUT", "PATCH", "DELETE"], respect_retry_after_header=True)
+    # what PrefectClient gives its own transport (3 connection retries, HTTP/2 per setting, its pool limits):
+    # a transport passed in replaces that one, so it is given the same
     inner = httpx.AsyncHTTPTransport(retries=3, http2=PREFECT_API_ENABLE_HTTP2.value(),
                                      limits=httpx.Limits(max_connections=16, max_keepalive_connections=8,
                                                          keepalive_expiry=25))
