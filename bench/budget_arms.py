@@ -39,7 +39,10 @@ def start_prefect(home: Path) -> tuple[subprocess.Popen, str]:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
-    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false")
+    # each 503 it answers (SQLite's "database is locked") in its log, with the time: which of the loop's
+    # waits were Prefect's client backing off (bench/parallel_gpus.py server_503s)
+    env = dict(os.environ, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false",
+               PREFECT_SERVER_LOG_RETRYABLE_ERRORS="true")
     proc = subprocess.Popen([sys.executable, "-m", "prefect", "server", "start", "--host", "127.0.0.1", "--port",
                              str(port)], env=env, stdout=open(home / "server.log", "ab"), stderr=subprocess.STDOUT,
                             start_new_session=True)

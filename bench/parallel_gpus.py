@@ -51,6 +51,40 @@ def busy_fractions(smi: Path, start: float, end: float) -> dict[str, dict]:
                 "samples": len(v)} for g, v in per.items() if v}
 
 
+def server_503s(log: Path, start: float, end: float) -> list[float]:
+    """When the Prefect server answered a retryable error (a 503; on SQLite "database is locked"), in seconds
+    from the loop's start: its log's lines "HH:MM:SS.mmm | ERROR | ... Encountered retryable exception",
+    logged with PREFECT_SERVER_LOG_RETRYABLE_ERRORS (bench/budget_arms.py start_prefect). Prefect's client
+    waits 2 s, then 4 s, after each one."""
+    from datetime import datetime
+
+    day = datetime.fromtimestamp(start).date()
+    times = []
+    for line in log.read_text(errors="replace").splitlines() if log.exists() else []:
+        if "Encountered retryable exception" not in line:
+            continue
+        try:
+            clock = datetime.strptime(line.split(" | ")[0].strip(), "%H:%M:%S.%f").time()
+        except ValueError:
+            continue
+        t = datetime.combine(day, clock).timestamp()
+        if start <= t <= end + 5:
+            times.append(round(t - start, 1))
+    return times
+
+
+def handovers(timeline: list[dict], gpus: list[str], answers_503: list[float]) -> list[dict]:
+    """Each GPU's gaps between one training job's end and the next one's start, with the server's 503s
+    in them: a gap of about 2 s more than the others, with a 503 inside, is Prefect's client backing off."""
+    out = []
+    for g in gpus:
+        jobs = _spans(timeline, g, "job")
+        for (_, end), (start, _) in zip(jobs, jobs[1:]):
+            out.append({"gpu": g, "t": end, "s": round(start - end, 1),
+                        "server_503s": sum(end - 0.5 <= t <= start for t in answers_503)})
+    return out
+
+
 def timeline_row(client, e: dict, start: float) -> dict:
     """When an experiment ran (its MLflow run, seconds from the loop's start), what it was planned to do
     and what it cost: where a budget overrun came from."""
@@ -227,7 +261,8 @@ def main() -> None:
               # this run's GPUs only: another benchmark may use the host's others (beside_call.sh)
               "gpu": {g: v for g, v in busy_fractions(smi, start, end).items() if g in gpus},
               "controller": controller_marks(str(flow_run.id), start),
-              "provisional": provisional_lines(str(flow_run.id), start)}
+              "provisional": provisional_lines(str(flow_run.id), start),
+              "server_503_s": server_503s(work / "prefect" / "server.log", start, end)}
     if report:
         exps = report["experiments"]
         result.update({
@@ -250,6 +285,7 @@ def main() -> None:
         result["job_held_fraction"] = job_held
         result["idle_job_mean"] = round(1 - sum(job_held.values()) / len(job_held), 4)
         result["idle_job_s"] = idle_breakdown(result["timeline"], gpus, end - start, span="job")
+        result["handovers"] = handovers(result["timeline"], gpus, result["server_503_s"])
         result["experiment_s"] = sorted(round(r["t_end"] - r["t_start"], 1) for r in result["timeline"]
                                         if r.get("t_end") is not None and r.get("t_start") is not None)
     Path(args.out).write_text(json.dumps(result, indent=1))

@@ -29,5 +29,5 @@ if kill -0 "$(cat "$dir/pid")" 2>/dev/null; then
 fi
 echo "finished: $tag"
 cat "$dir/call.log"
-cp "$dir"/out/* "$OUT"/ 2>/dev/null || true
+cp -r "$dir"/out/* "$OUT"/ 2>/dev/null || true
 ls -la "$OUT"
