@@ -91,7 +91,10 @@ def timeline_row(client, e: dict, start: float) -> dict:
     row = {"stage": e["plan"]["stage"], "status": e["status"], "steps": e["steps"],
            "planned_steps": e["plan"]["hyperparameters"]["max_steps"], "job_s": round(e["job_seconds"], 1),
            "accel_s": round(e["accelerator_hours"] * 3600, 1), "eval_s": round(e["eval_seconds"], 1),
-           "confirmed": e.get("confirmed"), "rationale": e["plan"].get("rationale", "")[-160:]}
+           "confirmed": e.get("confirmed"), "rationale": e["plan"].get("rationale", "")[-160:],
+           # what the loop chose on (dev; the confirmation set for a would-be champion) and what it trained
+           "dev": (e.get("dev") or {}).get("value"), "confirm": (e.get("confirm") or {}).get("value"),
+           "hyperparameters": e["plan"]["hyperparameters"], "init_from": e["plan"].get("init_from")}
     row["phases"] = e.get("phases", {})
     if e.get("job_started_at"):  # when its job held the GPU (a queued run waits for it inside its MLflow run)
         row["t_job_start"] = round(e["job_started_at"] - start, 1)

@@ -90,7 +90,8 @@ class ExperimentResult(_Model):
         description="Seconds per phase inside the job (load, build, train_call, final_eval, save): where its fixed "
         "cost went; and outside it: benchmark (preparing the benchmark's files in the flow run), data (sourcing, "
         "building and logging the training rows), gpu_wait (waiting for the "
-        "GPU's job before it to end), worker_start (starting the training worker, when the job found none running).")
+        "GPU's job before it to end), worker_start (starting the training worker, when the job found none running), "
+        "release (the persistent worker's cleanup after the job, after job_seconds, before the GPU is handed over).")
     job_seconds: float = Field(
         0.0, validation_alias=AliasChoices("job_seconds", "train_wall_seconds"),
         description="Wall seconds the job held its accelerator (load, train, eval, save; a fresh process's "

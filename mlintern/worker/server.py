@@ -115,7 +115,10 @@ class Worker:
         reply.job_seconds = time.time() - (gate.opened_at if gate is not None and gate.opened_at else start)
         reply.worker_pid, reply.jobs_done, reply.cache_hits = os.getpid(), self.jobs_done, self.cache.hits
         self.jobs_done += 1
+        mark = time.time()
         self._release()
+        if reply.outcome is not None:  # the GPU stays held until this answer: what the cleanup adds to a handover
+            reply.outcome.phases["release"] = round(time.time() - mark, 3)
         if fatal:  # a CUDA fault poisons the context: answer, then make room for a fresh worker
             reply.error = "the worker's CUDA context is unusable after this job; a new worker starts for the next one"
         return reply, fatal
