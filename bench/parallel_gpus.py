@@ -68,6 +68,8 @@ def server_503s(log: Path, start: float, end: float) -> list[float]:
         except ValueError:
             continue
         t = datetime.combine(day, clock).timestamp()
+        if t < start - 3600:  # the log gives no date: a loop that runs past midnight goes on to the next day
+            t += 86400
         if start <= t <= end + 5:
             times.append(round(t - start, 1))
     return times
